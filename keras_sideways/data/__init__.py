@@ -1,0 +1,1 @@
+"""Video input pipelines: video folders, TFRecord frame shards, synthetic motion data."""
