@@ -1,0 +1,776 @@
+"""`SidewaysModel`: Sideways training of a stack of stages through plain `model.fit`."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from keras_sideways import schedule
+
+MODES = ("sideways", "backprop")
+POOLS = ("mean", None)
+
+
+class _StreamBuffers:
+    """Per-replica pipeline state of a stateful model.
+
+    Deliberately a plain Python object: Keras and TensorFlow do not track what it holds, so the
+    buffers are neither weights (`.keras`, checkpoints, SavedModel) nor trainable state. A reloaded
+    or restored stateful model therefore starts new streams.
+    """
+
+    def __init__(self, num_stages: int, output_dtypes: Sequence[str]):
+        def variable(dtype: Any, name: str) -> tf.Variable:
+            # Shape None: the batch size is only known at the first step. ON_READ keeps one
+            # copy per replica under a tf.distribute strategy (each replica runs its own streams).
+            return tf.Variable(
+                tf.zeros([0], dtype=dtype),
+                shape=tf.TensorShape(None),
+                trainable=False,
+                name=name,
+                synchronization=tf.VariableSynchronization.ON_READ,
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+
+        self.tick = tf.Variable(
+            0,
+            dtype=tf.int32,
+            trainable=False,
+            name="sideways_tick",
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+        pairs = range(num_stages - 1)
+        self.activations = [variable(output_dtypes[k], f"activation_{k}") for k in pairs]
+        self.cotangents = [variable(output_dtypes[k], f"cotangent_{k}") for k in pairs]
+        # Targets and sample weights of the frames in flight travel with their activations; kept
+        # as float32 because the target dtype is only known at the first step.
+        self.targets = [variable("float32", f"target_{k}") for k in pairs]
+        self.weights = [variable("float32", f"weight_{k}") for k in pairs]
+
+
+@keras.saving.register_keras_serializable(package="keras_sideways")
+class SidewaysModel(keras.Model):
+    """A video model trained frame by frame with Sideways (or exact backprop as a baseline).
+
+    The network is a list of K stages. With ``mode="sideways"`` one `train_step` runs the clip
+    tick by tick: at every tick every stage computes on the newest activation it holds, the top
+    stage's loss gives an exact cotangent, and every lower stage pulls back the cotangent that the
+    stage above produced one tick earlier (a "pseudo-gradient", DESIGN.md §2). The per-stage sums
+    are divided by the number of valid contributions and applied once per step with the compiled
+    optimizer. ``mode="backprop"`` is the baseline: the exact gradient of the mean per-frame loss,
+    with the T frames batched through the same stages.
+
+    Evaluation, prediction and ``call`` are always the exact synchronous forward over all frames.
+
+    Args:
+        stages: list of Keras layers, each mapping one tensor to one tensor. Frames may be vectors
+            ``(B, T, D)`` or images ``(B, T, H, W, C)``.
+        mode: ``"sideways"`` (default) or ``"backprop"``.
+        pool: ``"mean"`` (targets per clip ``(B, …)``; ``call`` returns the mean over frames of
+            the per-frame outputs) or ``None`` (targets per frame ``(B, T, …)``; ``call`` returns
+            per-frame outputs ``(B, T, …)``). Training always uses the per-frame loss.
+        stateful: keep the pipeline buffers (activations, cotangents, the targets of frames in
+            flight) across steps, so that consecutive batches continue the same B streams; the
+            batch size is then fixed. ``reset_buffers()`` starts new streams. Buffers are never
+            saved: a reloaded model starts new streams.
+        update_every: ``None`` (default): one optimizer update per ``train_step`` from the
+            per-stage means over the whole clip. An integer u: the means accumulated so far are
+            applied after every u-th tick of the step and after its last tick (u=1 is the paper's
+            per-tick update); an update point at which no stage has a valid contribution is
+            skipped. ``optimizer.iterations`` counts applied updates, so one step of T ticks adds
+            at most ``ceil(T / u)``. Sideways mode only.
+        stage_devices: optional list of K device strings (e.g. ``["/GPU:0", "/GPU:1"]``): each
+            stage's variables and per-tick computation are placed on its device.
+        **kwargs: passed to `keras.Model` (e.g. ``name``).
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[keras.layers.Layer],
+        mode: str = "sideways",
+        pool: str | None = "mean",
+        stateful: bool = False,
+        update_every: int | None = None,
+        stage_devices: Sequence[str] | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(stages, keras.layers.Layer) or not isinstance(stages, Sequence):
+            raise TypeError(
+                "`stages` must be a list of Keras layers, got "
+                f"{type(stages).__name__}. Wrap a single network as `[layer]`."
+            )
+        if len(stages) == 0:
+            raise ValueError("`stages` is empty: a SidewaysModel needs at least one stage.")
+        for index, stage in enumerate(stages):
+            if not isinstance(stage, keras.layers.Layer):
+                raise TypeError(
+                    f"`stages[{index}]` is a {type(stage).__name__}, not a Keras layer. Every "
+                    "stage must be a `keras.layers.Layer` (a layer, a Sequential, a Model)."
+                )
+        if len({id(stage) for stage in stages}) != len(stages):
+            raise ValueError(
+                "The same layer appears twice in `stages`; stages cannot share weights."
+            )
+        if mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}.")
+        if pool not in POOLS:
+            raise ValueError(f"`pool` must be 'mean' or None, got {pool!r}.")
+        if update_every is not None:
+            if isinstance(update_every, bool) or not isinstance(update_every, int):
+                raise TypeError(
+                    f"`update_every` must be a positive int or None, got {update_every!r}."
+                )
+            if update_every < 1:
+                raise ValueError(f"`update_every` must be at least 1, got {update_every}.")
+        self.stages = list(stages)
+        self.mode = mode
+        self.pool = pool
+        self.stateful = bool(stateful)
+        self.update_every = update_every
+        self.stage_devices = _check_stage_devices(stage_devices, len(self.stages))
+        self._stage_output_shapes: list[tuple[int | None, ...]] = []
+        self._stage_output_dtypes: list[str] = []
+        self._buffers: _StreamBuffers | None = None
+        self._stream_batch_size: int | None = None
+
+    # ------------------------------------------------------------------ structure
+
+    @property
+    def num_stages(self) -> int:
+        """K, the number of stages."""
+        return len(self.stages)
+
+    def _device(self, stage: int) -> contextlib.AbstractContextManager:
+        if self.stage_devices is None:
+            return contextlib.nullcontext()
+        return tf.device(self.stage_devices[stage])
+
+    def build(self, input_shape: Sequence[int | None]) -> None:
+        input_shape = tuple(input_shape)
+        if len(input_shape) < 3:
+            raise ValueError(
+                "SidewaysModel expects clips shaped (batch, frames, …features), e.g. "
+                f"(B, T, D) or (B, T, H, W, C); got input shape {input_shape}."
+            )
+        spec = keras.KerasTensor((None,) + input_shape[2:], dtype=keras.config.floatx())
+        shapes, dtypes = [], []
+        for k, stage in enumerate(self.stages):
+            with self._device(k):
+                spec = stage(spec)
+            if not isinstance(spec, keras.KerasTensor):
+                raise ValueError(
+                    f"Stage {k} ({stage.name}) returned {type(spec).__name__}; every stage must "
+                    "map one tensor to one tensor."
+                )
+            shapes.append(tuple(spec.shape))
+            dtypes.append(spec.dtype)
+        self._stage_output_shapes = shapes
+        self._stage_output_dtypes = dtypes
+        if self.stateful and self._buffers is None:
+            self._buffers = _StreamBuffers(self.num_stages, dtypes)
+        self.built = True
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "stages": [keras.saving.serialize_keras_object(s) for s in self.stages],
+                "mode": self.mode,
+                "pool": self.pool,
+                "stateful": self.stateful,
+                "update_every": self.update_every,
+                "stage_devices": self.stage_devices,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> SidewaysModel:
+        config = dict(config)
+        config["stages"] = [
+            keras.saving.deserialize_keras_object(s, custom_objects=custom_objects)
+            for s in config["stages"]
+        ]
+        return cls(**config)
+
+    # ------------------------------------------------------------------ exact forward
+
+    def call(self, clips: Any, training: bool | None = None) -> tf.Tensor:
+        """The exact synchronous forward: every frame through every stage, frames batched."""
+        clips = tf.convert_to_tensor(clips)
+        outputs = self._frames_forward(_merge_time(clips), training=training)
+        outputs = _split_time(outputs, clips)
+        if self.pool == "mean":
+            return tf.reduce_mean(outputs, axis=1)
+        return outputs
+
+    def _frames_forward(self, frames: tf.Tensor, training: bool | None) -> tf.Tensor:
+        for k, stage in enumerate(self.stages):
+            with self._device(k):
+                frames = stage(frames, training=training)
+        return frames
+
+    # ------------------------------------------------------------------ training
+
+    def compute_gradients(
+        self,
+        clips: Any,
+        targets: Any,
+        mode: str | None = None,
+        sample_weight: Any = None,
+        return_details: bool = False,
+    ) -> Any:
+        """The step's update direction, not applied, aligned with `trainable_variables`.
+
+        For ``"sideways"``: the per-stage means of the pseudo-gradients of DESIGN.md §2 (plus the
+        gradient of the regularisation losses, once). For ``"backprop"``: the exact gradient of
+        the mean per-frame loss over all T frames. Works eagerly and inside `tf.function`. In
+        stateful mode the clip is consumed as the next chunk of the streams: the buffers advance.
+
+        With ``return_details=True`` returns ``(gradients, details)``, where details holds
+        ``"loss"`` (mean of the valid tick losses plus regularisation), ``"tick_losses"`` (one
+        per tick, NaN while the top output belongs to no frame) and ``"contributions"`` (valid
+        cotangents per stage; T for every stage in backprop mode).
+        """
+        mode = self.mode if mode is None else mode
+        if mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES} or None, got {mode!r}.")
+        clips, targets, sample_weight = self._prepare_batch(clips, targets, sample_weight, mode)
+        if mode == "backprop":
+            result = self._backprop_pass(clips, targets, sample_weight, loss_scale=1.0)
+        else:
+            result = self._sideways_pass(clips, targets, sample_weight, loss_scale=1.0)
+        if return_details:
+            details = {key: result[key] for key in ("loss", "tick_losses", "contributions")}
+            return result["gradients"], details
+        return result["gradients"]
+
+    def train_step(self, data: Any) -> dict[str, Any]:
+        clips, targets, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        clips, targets, sample_weight = self._prepare_batch(
+            clips, targets, sample_weight, self.mode
+        )
+        loss_scale = self.optimizer.scale_loss(tf.constant(1.0))
+        if self.mode == "backprop":
+            result = self._backprop_pass(
+                clips, targets, sample_weight, loss_scale=loss_scale, update_metrics=True
+            )
+        else:
+            result = self._sideways_pass(
+                clips,
+                targets,
+                sample_weight,
+                loss_scale=loss_scale,
+                update_metrics=True,
+                apply_within=self.update_every is not None,
+            )
+        if self.mode == "backprop" or self.update_every is None:
+            self._apply_if_any(
+                result["gradients"],
+                result["contributions"],
+                may_be_empty=self.stateful and self.mode == "sideways",
+            )
+        # Weighted by batch size like Keras' own step; a stateful chunk that is still filling the
+        # pipeline has no valid top output and reports nothing.
+        has_loss = tf.math.is_finite(result["loss"])
+        self._loss_tracker.update_state(
+            tf.where(has_loss, result["loss"], 0.0),
+            sample_weight=tf.cast(tf.shape(clips)[0], "float32") * tf.cast(has_loss, "float32"),
+        )
+        return self.get_metrics_result()
+
+    def reset_buffers(self) -> None:
+        """Start new streams: the pipeline of a stateful model refills from the next batch."""
+        if not self.stateful:
+            raise ValueError(
+                "reset_buffers() applies to stateful models only; this model was built with "
+                "stateful=False, whose buffers start empty at every train_step."
+            )
+        if self._buffers is not None:
+            self._buffers.tick.assign(0)
+
+    # ------------------------------------------------------------------ internals
+
+    def _prepare_batch(
+        self, clips: Any, targets: Any, sample_weight: Any, mode: str
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
+        """Validate a training batch and build everything the step needs, outside any loop."""
+        if clips is None or targets is None:
+            raise ValueError("Training a SidewaysModel needs (clips, targets); targets are None.")
+        clips = tf.convert_to_tensor(clips)
+        targets = tf.convert_to_tensor(targets)
+        if not clips.dtype.is_floating:
+            raise TypeError(
+                f"Clips must be floating point, got dtype {clips.dtype.name}. Convert frames "
+                "first, e.g. `tf.cast(clips, 'float32') / 255.0`."
+            )
+        if clips.shape.rank is None or clips.shape.rank < 3:
+            raise ValueError(
+                "Clips must be shaped (batch, frames, …features); got shape "
+                f"{clips.shape}."
+            )
+        if sample_weight is not None:
+            sample_weight = tf.convert_to_tensor(sample_weight, dtype=tf.float32)
+        if not self.built or not self._compile_built():
+            # Keras defers building the compiled loss, metrics and optimizer to the first trace
+            # of the train function; they must exist before the tick loop (no variable may be
+            # created inside a while loop), so build them here, as `fit` does under a strategy.
+            self._symbolic_build(data_batch=(clips, targets, sample_weight))
+        if self._compile_loss is None:
+            raise ValueError("Compile the model with a `loss` before training it.")
+        self._check_targets(clips, targets, sample_weight)
+        num_frames = clips.shape[1]
+        if mode == "sideways" and not self.stateful:
+            if num_frames is not None:
+                schedule.check_clip_length(self.num_stages, num_frames)
+            else:
+                needed = schedule.min_clip_length(self.num_stages)
+                tf.debugging.assert_greater_equal(
+                    tf.shape(clips)[1],
+                    needed,
+                    message=(
+                        f"Sideways training with K={self.num_stages} stages needs clips of at "
+                        f"least 2K-1={needed} frames in stateless mode (use longer clips, fewer "
+                        "stages or stateful=True); clip length T"
+                    ),
+                )
+        if self.stateful and mode == "sideways":
+            batch_size = clips.shape[0]
+            if batch_size is None:
+                raise ValueError(
+                    "A stateful SidewaysModel needs a fixed batch size, but the batch size is "
+                    "unknown here. Batch the dataset with `drop_remainder=True`."
+                )
+            if self._stream_batch_size is None:
+                self._stream_batch_size = int(batch_size)
+            elif self._stream_batch_size != batch_size:
+                raise ValueError(
+                    f"This stateful SidewaysModel runs {self._stream_batch_size} streams per "
+                    f"replica but got a batch of {batch_size} clips. Keep the batch size fixed "
+                    "(e.g. `drop_remainder=True`), or build a new model for another batch size."
+                )
+        return clips, targets, sample_weight
+
+    def _compile_built(self) -> bool:
+        parts = (self._compile_loss, self._compile_metrics)
+        built = all(part is None or part.built for part in parts)
+        return built and (self.optimizer is None or self.optimizer.built)
+
+    def _check_targets(self, clips: tf.Tensor, targets: tf.Tensor, sample_weight: Any) -> None:
+        output_rank = len(self._stage_output_shapes[-1])
+        rank = targets.shape.rank
+        num_frames = clips.shape[1]
+        if self.pool == "mean":
+            if rank > output_rank:
+                raise ValueError(
+                    f"With pool='mean' targets are per clip, of rank at most {output_rank} "
+                    f"(per-frame outputs are {self._stage_output_shapes[-1]}), but targets have "
+                    f"shape {targets.shape}. For per-frame targets (B, T, …) use pool=None."
+                )
+        else:
+            if rank < 2 or rank > output_rank + 1:
+                raise ValueError(
+                    "With pool=None targets are per frame, shaped (B, T, …) with rank 2 to "
+                    f"{output_rank + 1}, but targets have shape {targets.shape}. For one target "
+                    "per clip use pool='mean'."
+                )
+            if targets.shape[1] is not None and num_frames is not None:
+                if targets.shape[1] != num_frames:
+                    raise ValueError(
+                        f"Per-frame targets cover {targets.shape[1]} frames but the clips have "
+                        f"T={num_frames}; targets must be shaped (B, T, …) with the clip's T."
+                    )
+        if targets.shape[0] is not None and clips.shape[0] is not None:
+            if targets.shape[0] != clips.shape[0]:
+                raise ValueError(
+                    f"Got {clips.shape[0]} clips but {targets.shape[0]} targets in the batch."
+                )
+        if sample_weight is not None and sample_weight.shape.rank not in (1, 2):
+            raise ValueError(
+                "sample_weight must be per clip (B,) or, with pool=None, per frame (B, T); got "
+                f"shape {sample_weight.shape}."
+            )
+
+    def _stage_divisor_index(self, variables: Sequence[Any]) -> list[int]:
+        """For every trainable variable, the index of the stage that owns it."""
+        position = {id(v): i for i, v in enumerate(variables)}
+        owner = [-1] * len(variables)
+        for k, stage in enumerate(self.stages):
+            for v in stage.trainable_variables:
+                i = position[id(v)]
+                if owner[i] not in (-1, k):
+                    raise ValueError(
+                        f"Variable {v.path} belongs to stages {owner[i]} and {k}; stages cannot "
+                        "share weights (each stage's update is a mean over its own contributions)."
+                    )
+                owner[i] = k
+        return owner
+
+    def _frame_loss(self, targets: Any, outputs: tf.Tensor, sample_weight: Any) -> tf.Tensor:
+        # The compiled loss (`CompileLoss`) is what Keras' own `compute_loss` uses; it already
+        # scales by 1/num_replicas under a tf.distribute strategy, so replica gradients sum to the
+        # global mean. `compute_loss` itself would add `model.losses` on every tick.
+        return tf.cast(self._compile_loss(targets, outputs, sample_weight), tf.float32)
+
+    def _regularization(self, variables: Sequence[Any], scale: Any) -> tuple[Any, list[Any]]:
+        """Weight-regularisation loss (for the logs) and its gradient, computed once."""
+        with tf.GradientTape() as tape:
+            losses = [self._aggregate_additional_loss(loss) for loss in self.losses]
+            total = tf.add_n(losses) if losses else tf.constant(0.0)
+            scaled = tf.cast(total, tf.float32) * scale
+        gradients = _gradient(tape, scaled, list(variables))
+        return total * _num_replicas(), gradients
+
+    def _check_no_call_losses(self) -> None:
+        for layer in self._flatten_layers(include_self=False):
+            if layer._get_own_losses():
+                self._clear_losses()
+                raise NotImplementedError(
+                    f"Layer {layer.name!r} adds a loss during its call (activity regularisation "
+                    "or add_loss). Sideways mode supports weight regularisers only; remove it or "
+                    "use mode='backprop'."
+                )
+
+    def _backprop_pass(
+        self,
+        clips: tf.Tensor,
+        targets: tf.Tensor,
+        sample_weight: Any,
+        *,
+        loss_scale: Any,
+        update_metrics: bool = False,
+    ) -> dict[str, Any]:
+        """Exact gradient of the mean per-frame loss, frames batched (B·T) through the stages."""
+        variables = list(self.trainable_variables)
+        batch, num_frames = tf.shape(clips)[0], tf.shape(clips)[1]
+        if self.pool == "mean":
+            frame_targets = _merge_time(_repeat_time(targets, num_frames))
+        else:
+            frame_targets = _merge_time(targets)
+        frame_weights = None
+        if sample_weight is not None:
+            if sample_weight.shape.rank == 1:
+                sample_weight = _repeat_time(sample_weight, num_frames)
+            frame_weights = _merge_time(sample_weight)
+        with tf.GradientTape() as tape:
+            outputs = self._frames_forward(_merge_time(clips), training=True)
+            loss = self._frame_loss(frame_targets, outputs, frame_weights)
+            extra = [self._aggregate_additional_loss(loss) for loss in self.losses]
+            regularization = tf.add_n(extra) if extra else tf.constant(0.0)
+            total = loss + tf.cast(regularization, tf.float32)
+            scaled = total * loss_scale
+        gradients = _gradient(tape, scaled, variables)
+        if update_metrics and self._compile_metrics is not None:
+            self._compile_metrics.update_state(frame_targets, outputs, frame_weights)
+        frames = tf.cast(num_frames, tf.float32)
+        return {
+            "gradients": gradients,
+            "loss": total * _num_replicas(),
+            "tick_losses": tf.fill([num_frames], tf.constant(math.nan)),
+            "contributions": tf.fill([self.num_stages], frames),
+            "batch": batch,
+        }
+
+    def _initial_state(
+        self, batch: tf.Tensor, frame_target: tf.Tensor, frame_weight: tf.Tensor
+    ) -> tuple[Any, list[Any], list[Any], list[Any], list[Any]]:
+        """(tick, activations, cotangents, target tags, weight tags) at the start of a step."""
+        pairs = range(self.num_stages - 1)
+
+        def zeros(k: int) -> tf.Tensor:
+            shape = tf.concat([[batch], self._stage_output_shapes[k][1:]], axis=0)
+            return tf.zeros(shape, dtype=self._stage_output_dtypes[k])
+
+        fresh = (
+            tf.constant(0, tf.int32),
+            [zeros(k) for k in pairs],
+            [zeros(k) for k in pairs],
+            [tf.zeros_like(frame_target) for _ in pairs],
+            [tf.zeros_like(frame_weight) for _ in pairs],
+        )
+        if not self.stateful:
+            return fresh
+        buffers = self._buffers
+        tick = buffers.tick.read_value()
+
+        def stored() -> tuple[list[Any], ...]:
+            def read(variable: tf.Variable, like: tf.Tensor) -> tf.Tensor:
+                value = tf.cast(variable.read_value(), like.dtype)
+                return tf.ensure_shape(value, like.shape)
+
+            return (
+                [read(buffers.activations[k], fresh[1][k]) for k in pairs],
+                [read(buffers.cotangents[k], fresh[2][k]) for k in pairs],
+                [read(buffers.targets[k], fresh[3][k]) for k in pairs],
+                [read(buffers.weights[k], fresh[4][k]) for k in pairs],
+            )
+
+        if self.num_stages == 1:
+            return (tick, [], [], [], [])
+        # After a reset (tick 0) the stored buffers are stale or empty: start from zeros.
+        activations, cotangents, target_tags, weight_tags = tf.cond(
+            tf.equal(tick, 0), lambda: fresh[1:], stored
+        )
+        return tick, list(activations), list(cotangents), list(target_tags), list(weight_tags)
+
+    def _save_state(self, tick: Any, activations: list, cotangents: list, target_tags: list,
+                     weight_tags: list) -> None:
+        buffers = self._buffers
+        buffers.tick.assign(tick)
+        for k in range(self.num_stages - 1):
+            buffers.activations[k].assign(activations[k])
+            buffers.cotangents[k].assign(cotangents[k])
+            buffers.targets[k].assign(tf.cast(target_tags[k], tf.float32))
+            buffers.weights[k].assign(tf.cast(weight_tags[k], tf.float32))
+
+    def _stage_means(self, accumulators: list, counts: tf.Tensor, owner: list[int]) -> list:
+        divisors = tf.maximum(counts, 1.0)
+        return [
+            acc / tf.cast(divisors[owner[i]], acc.dtype) if owner[i] >= 0 else acc
+            for i, acc in enumerate(accumulators)
+        ]
+
+    def _apply_if_any(self, gradients: list, counts: tf.Tensor, may_be_empty: bool) -> None:
+        """Apply an update, skipping it when no stage had a valid contribution.
+
+        Only a stateful chunk still filling the pipeline, or an `update_every` point before the
+        first valid cotangent, can be empty; a stateless clip always has contributions (its
+        length was checked), so it applies without a conditional.
+        """
+        variables = list(self.trainable_variables)
+
+        def apply() -> tf.Tensor:
+            self.optimizer.apply(gradients, variables)
+            return tf.constant(True)
+
+        if may_be_empty:
+            tf.cond(tf.reduce_any(counts > 0), apply, lambda: tf.constant(False))
+        else:
+            apply()
+
+    def _sideways_pass(
+        self,
+        clips: tf.Tensor,
+        targets: tf.Tensor,
+        sample_weight: Any,
+        *,
+        loss_scale: Any,
+        update_metrics: bool = False,
+        apply_within: bool = False,
+    ) -> dict[str, Any]:
+        """Run the clip tick by tick (DESIGN.md §2) in a `tf.while_loop`.
+
+        The loop body is traced once, so the graph size does not depend on T. Each tick runs all
+        K stages on the state of the previous tick (they are independent, so TensorFlow may run
+        them concurrently), pulls back the loss at the top and the one-tick-old cotangents below
+        in a single gradient call, and shifts activations up and cotangents down by one stage.
+        """
+        num_stages = self.num_stages
+        variables = list(self.trainable_variables)
+        owner = self._stage_divisor_index(variables)
+        batch, num_frames = tf.shape(clips)[0], tf.shape(clips)[1]
+        frames = _time_major(clips)
+        frame_targets = None if self.pool == "mean" else _time_major(targets)
+        if sample_weight is None:
+            weights = tf.ones([num_frames, batch], tf.float32)
+        elif sample_weight.shape.rank == 1:
+            weights = _repeat_time(sample_weight, num_frames, axis=0)
+        else:
+            weights = _time_major(sample_weight)
+
+        def target_of(i: Any) -> tf.Tensor:
+            return targets if frame_targets is None else frame_targets[i]
+
+        tick0, activations0, cotangents0, targets0, weights0 = self._initial_state(
+            batch, target_of(0), weights[0]
+        )
+        accumulators0 = [tf.zeros(v.shape, v.dtype) for v in variables]
+        counts0 = tf.zeros([num_stages], tf.float32)
+        replicas = _num_replicas()
+
+        def apply_means(accumulators: list, counts: tf.Tensor) -> tuple[list, tf.Tensor]:
+            _, regularization = self._regularization(variables, loss_scale)
+            means = self._stage_means(accumulators, counts, owner)
+            gradients = [m + r for m, r in zip(means, regularization, strict=True)]
+            self._apply_if_any(gradients, counts, may_be_empty=True)
+            return [tf.zeros_like(a) for a in accumulators], tf.zeros_like(counts)
+
+        def body(i, tick, activations, cotangents, target_tags, weight_tags, accumulators,
+                 counts, loss_sum, loss_count, tick_losses):
+            new_target, new_weight = target_of(i), weights[i]
+            if num_stages > 1:
+                top_target, top_weight = target_tags[-1], weight_tags[-1]
+            else:
+                top_target, top_weight = new_target, new_weight
+            inputs = [frames[i]] + list(activations)
+            with tf.GradientTape() as tape:
+                tape.watch(inputs[1:])
+                outputs = []
+                for k, stage in enumerate(self.stages):
+                    with self._device(k):
+                        outputs.append(stage(inputs[k], training=True))
+                self._check_no_call_losses()
+                top_valid = schedule.output_valid(num_stages, tick)
+                frame_loss = self._frame_loss(top_target, outputs[-1], top_weight)
+                objective = tf.where(top_valid, frame_loss, 0.0) * loss_scale
+                for k in range(num_stages - 1):
+                    # <e_k, f_k(in_k)>: its gradient is stage k's pullback of the cotangent that
+                    # stage k+1 produced one tick ago, at the current input.
+                    product = tf.reduce_sum(outputs[k] * tf.stop_gradient(cotangents[k]))
+                    objective += tf.cast(product, tf.float32)
+            gradients = _gradient(tape, objective, variables + inputs[1:])
+            parameter_gradients = gradients[: len(variables)]
+            # Invalid cotangents are exactly zero (zero buffers, zero top loss, and pullbacks are
+            # linear), so they add nothing; the counts follow the schedule.
+            valid = tf.stack(
+                [schedule.cotangent_valid(num_stages, k, tick) for k in range(num_stages)]
+            )
+            counts = counts + tf.cast(valid, tf.float32)
+            accumulators = [a + g for a, g in zip(accumulators, parameter_gradients, strict=True)]
+            reported = frame_loss * replicas
+            loss_sum += tf.where(top_valid, reported, 0.0)
+            loss_count += tf.cast(top_valid, tf.float32)
+            tick_losses = tick_losses.write(i, tf.where(top_valid, reported, math.nan))
+            if update_metrics and self._compile_metrics is not None:
+                mask = tf.cast(top_valid, tf.float32) * top_weight
+                self._compile_metrics.update_state(top_target, outputs[-1], mask)
+            if apply_within:
+                due = tf.logical_or(
+                    tf.equal((i + 1) % self.update_every, 0), tf.equal(i + 1, num_frames)
+                )
+                accumulators, counts = tf.cond(
+                    due,
+                    lambda: apply_means(accumulators, counts),
+                    lambda: (accumulators, counts),
+                )
+            return (
+                i + 1,
+                tick + 1,
+                outputs[:-1],
+                list(gradients[len(variables):]),
+                ([new_target] + list(target_tags))[: num_stages - 1],
+                ([new_weight] + list(weight_tags))[: num_stages - 1],
+                accumulators,
+                counts,
+                loss_sum,
+                loss_count,
+                tick_losses,
+            )
+
+        loop_vars = (
+            tf.constant(0),
+            tick0,
+            activations0,
+            cotangents0,
+            targets0,
+            weights0,
+            accumulators0,
+            counts0,
+            tf.constant(0.0),
+            tf.constant(0.0),
+            tf.TensorArray(tf.float32, size=num_frames),
+        )
+        (_, tick, activations, cotangents, target_tags, weight_tags, accumulators, counts,
+         loss_sum, loss_count, tick_losses) = tf.while_loop(
+            lambda i, *_: i < num_frames, body, loop_vars
+        )
+        if self.stateful:
+            self._save_state(tick, activations, cotangents, target_tags, weight_tags)
+        regularization_value, regularization = self._regularization(variables, loss_scale)
+        if apply_within:
+            gradients = [tf.zeros_like(a) for a in accumulators]
+        else:
+            means = self._stage_means(accumulators, counts, owner)
+            gradients = [m + r for m, r in zip(means, regularization, strict=True)]
+        mean_loss = tf.where(
+            loss_count > 0, loss_sum / tf.maximum(loss_count, 1.0), tf.constant(math.nan)
+        )
+        return {
+            "gradients": gradients,
+            "loss": mean_loss + tf.cast(regularization_value, tf.float32),
+            "tick_losses": tick_losses.stack(),
+            "contributions": counts,
+            "batch": batch,
+        }
+
+
+# ---------------------------------------------------------------------- tensor helpers
+
+
+def _gradient(tape: tf.GradientTape, target: tf.Tensor, sources: Sequence[Any]) -> list[Any]:
+    """`tape.gradient` with zeros for unconnected sources (Keras variables' dtype is a string,
+    which `UnconnectedGradients.ZERO` cannot use)."""
+    gradients = tape.gradient(target, list(sources))
+    return [
+        tf.zeros(s.shape, s.dtype) if g is None else g
+        for g, s in zip(gradients, sources, strict=True)
+    ]
+
+
+def _num_replicas() -> float:
+    return float(tf.distribute.get_strategy().num_replicas_in_sync)
+
+
+def _merge_time(x: tf.Tensor) -> tf.Tensor:
+    """(B, T, …) -> (B·T, …), keeping the static feature shape."""
+    tail = x.shape[2:]
+    if tail.is_fully_defined():
+        return tf.reshape(x, [-1] + tail.as_list())
+    return tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], axis=0))
+
+
+def _split_time(x: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+    """(B·T, …) -> (B, T, …) with B and T taken from ``like``."""
+    shape = tf.concat([tf.shape(like)[:2], tf.shape(x)[1:]], axis=0)
+    result = tf.reshape(x, shape)
+    result.set_shape(like.shape[:2].concatenate(x.shape[1:]))
+    return result
+
+
+def _time_major(x: tf.Tensor) -> tf.Tensor:
+    rank = x.shape.rank
+    return tf.transpose(x, [1, 0] + list(range(2, rank)))
+
+
+def _repeat_time(x: tf.Tensor, num_frames: Any, axis: int = 1) -> tf.Tensor:
+    """Repeat a per-clip tensor (B, …) along a new time axis at ``axis``."""
+    expanded = tf.expand_dims(x, axis)
+    multiples = tf.tensor_scatter_nd_update(
+        tf.ones([x.shape.rank + 1], tf.int32), [[axis]], [num_frames]
+    )
+    return tf.tile(expanded, multiples)
+
+
+def _check_stage_devices(devices: Sequence[str] | None, num_stages: int) -> list[str] | None:
+    if devices is None:
+        return None
+    if isinstance(devices, str) or not isinstance(devices, Sequence):
+        raise TypeError(f"`stage_devices` must be a list of device strings, got {devices!r}.")
+    devices = list(devices)
+    if len(devices) != num_stages:
+        raise ValueError(
+            f"`stage_devices` names {len(devices)} devices for {num_stages} stages; give exactly "
+            "one device per stage."
+        )
+    available = tf.config.list_logical_devices()
+    known = {(d.device_type, tf.DeviceSpec.from_string(d.name).device_index) for d in available}
+    for device in devices:
+        try:
+            spec = tf.DeviceSpec.from_string(device)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"`stage_devices` entry {device!r} is not a device string.") from error
+        index = 0 if spec.device_index is None else spec.device_index
+        if spec.device_type is None or (spec.device_type.upper(), index) not in known:
+            names = ", ".join(d.name for d in available)
+            raise ValueError(
+                f"`stage_devices` entry {device!r} is not a device of this process; available: "
+                f"{names}."
+            )
+    return devices
