@@ -29,7 +29,8 @@ class _StreamBuffers:
             # Shape None: the batch size is only known at the first step. ON_READ keeps one
             # copy per replica under a tf.distribute strategy (each replica runs its own streams).
             return tf.Variable(
-                tf.zeros([0], dtype=dtype),
+                # A callable: the first trace of `fit` may create these inside a tf.function.
+                lambda: tf.zeros([0], dtype=dtype),
                 shape=tf.TensorShape(None),
                 trainable=False,
                 name=name,
@@ -38,8 +39,7 @@ class _StreamBuffers:
             )
 
         self.tick = tf.Variable(
-            0,
-            dtype=tf.int32,
+            lambda: tf.constant(0, tf.int32),
             trainable=False,
             name="sideways_tick",
             synchronization=tf.VariableSynchronization.ON_READ,
@@ -318,14 +318,16 @@ class SidewaysModel(keras.Model):
             )
         if sample_weight is not None:
             sample_weight = tf.convert_to_tensor(sample_weight, dtype=tf.float32)
-        if not self.built or not self._compile_built():
+        if getattr(self, "_compile_loss", None) is None:
+            raise ValueError("Compile the model with a `loss` before training it.")
+        if not self.built:
+            self.build(clips.shape)
+        self._check_targets(clips, targets, sample_weight)
+        if not self._compile_built():
             # Keras defers building the compiled loss, metrics and optimizer to the first trace
             # of the train function; they must exist before the tick loop (no variable may be
             # created inside a while loop), so build them here, as `fit` does under a strategy.
             self._symbolic_build(data_batch=(clips, targets, sample_weight))
-        if self._compile_loss is None:
-            raise ValueError("Compile the model with a `loss` before training it.")
-        self._check_targets(clips, targets, sample_weight)
         num_frames = clips.shape[1]
         if mode == "sideways" and not self.stateful:
             if num_frames is not None:

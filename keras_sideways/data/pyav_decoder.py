@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import av
@@ -281,3 +281,32 @@ def _decode_sequential(
             "(file truncated or changed since the dataset was built?)",
         )
     return out
+
+
+def iter_frames(
+    path: str, image_size: tuple[int, int] | None = None, *, threads: int = 0
+) -> Iterator[np.ndarray]:
+    """Every frame of ``path`` in presentation order, RGB uint8 ``(H, W, 3)``.
+
+    Args:
+        path: the video file.
+        image_size: ``(height, width)`` to resize to; ``None`` keeps the first frame's size
+            (later frames of a stream that changes resolution are resized to it).
+        threads: FFmpeg decoder threads (0: FFmpeg picks).
+
+    Raises:
+        VideoInputError: naming the file when it cannot be decoded.
+    """
+    path = os.fspath(path)
+    check_readable(path)
+    size = image_size
+    try:
+        with _open(path) as container:
+            stream = _video_stream(container, path)
+            stream.codec_context.thread_count = threads
+            for frame in container.decode(stream):
+                if size is None:
+                    size = (frame.height, frame.width)
+                yield _to_rgb(frame, size)
+    except av.FFmpegError as e:
+        raise VideoInputError(path, f"decoding failed ({e})") from None

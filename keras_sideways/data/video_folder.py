@@ -86,6 +86,45 @@ def probe_files(
         return list(pool.map(one, paths))
 
 
+def select_usable(
+    paths: Sequence[str],
+    labels: Sequence[int] | None,
+    problems: Sequence[tuple[str, str]],
+    on_error: str,
+    directory: str,
+) -> tuple[list[str], list[int] | None, dict[str, VideoInfo], list[tuple[str, str]]]:
+    """The probe step with ``on_error`` applied: keep the files that probe well.
+
+    Returns:
+        ``(paths, labels, infos, bad)``: the usable files with their labels and probe results,
+        and ``(path, reason)`` for everything left out (listing problems included).
+
+    Raises:
+        BadVideoFilesError: with ``on_error="raise"`` when anything is bad, naming all of it.
+        ValueError: naming ``directory`` when no usable file is left.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f'on_error must be "raise" or "skip", got {on_error!r}')
+    results = probe_files(paths)
+    bad = list(problems) + [(r.path, r.reason) for r in results if isinstance(r, VideoInputError)]
+    if bad and on_error == "raise":
+        raise BadVideoFilesError(bad)
+    keep = [i for i, r in enumerate(results) if isinstance(r, VideoInfo)]
+    infos = {paths[i]: results[i] for i in keep}
+    kept_paths = [paths[i] for i in keep]
+    kept_labels = [labels[i] for i in keep] if labels is not None else None
+    if bad:
+        logger.warning(
+            "Skipped %d unusable video file(s)/folder(s) in %s:\n%s",
+            len(bad),
+            directory,
+            "\n".join(f"  {p}: {r}" for p, r in bad),
+        )
+    if not kept_paths:
+        raise ValueError(f"{directory}: no usable video files left (all {len(paths)} failed)")
+    return kept_paths, kept_labels, infos, bad
+
+
 def _encode_label(label_mode: str, num_classes: int) -> Callable[[tf.Tensor], tf.Tensor]:
     if label_mode == "int":
         return lambda y: tf.cast(y, tf.int32)
@@ -285,25 +324,9 @@ def video_dataset_from_directory(
         paths, part_labels = listing.file_paths, listing.labels
         if part is not None:
             paths, part_labels = split_files(paths, part_labels, validation_split, part, seed)
-        results = probe_files(paths)
-        bad = list(listing.problems) + [
-            (r.path, r.reason) for r in results if isinstance(r, VideoInputError)
-        ]
-        if bad and on_error == "raise":
-            raise BadVideoFilesError(bad)
-        keep = [i for i, r in enumerate(results) if isinstance(r, VideoInfo)]
-        infos = {paths[i]: results[i] for i in keep}
-        kept_paths = [paths[i] for i in keep]
-        kept_labels = [part_labels[i] for i in keep] if part_labels is not None else None
-        if bad:
-            logger.warning(
-                "Skipped %d unusable video file(s)/folder(s) in %s:\n%s",
-                len(bad),
-                directory,
-                "\n".join(f"  {p}: {r}" for p, r in bad),
-            )
-        if not kept_paths:
-            raise ValueError(f"{directory}: no usable video files left (all {len(paths)} failed)")
+        kept_paths, kept_labels, infos, bad = select_usable(
+            paths, part_labels, listing.problems, on_error, directory
+        )
         what = f"{len(kept_paths)} files"
         if listing.class_names is not None:
             what += f" belonging to {len(listing.class_names)} classes"
