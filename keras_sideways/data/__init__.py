@@ -21,6 +21,7 @@ from keras_sideways.data.synthetic import (
     write_synthetic_actions,
 )
 from keras_sideways.data.tfio_decoder import TfioStatus, tfio_decoder_status
+from keras_sideways.data.tfrecord import tfrecord_video_dataset, write_video_tfrecords
 from keras_sideways.data.video_folder import video_dataset_from_directory
 
 __all__ = [
@@ -38,6 +39,8 @@ __all__ = [
     "probe_video",
     "sample_clip_indices",
     "tfio_decoder_status",
+    "tfrecord_video_dataset",
     "video_dataset_from_directory",
+    "write_video_tfrecords",
     "write_synthetic_actions",
 ]

@@ -169,6 +169,7 @@ def decode_clip(
     *,
     info: VideoInfo | None = None,
     threads: int = 1,
+    stats: dict | None = None,
 ) -> np.ndarray:
     """Decode the frames at ``indices`` (frame numbers, repeats allowed) as RGB uint8.
 
@@ -181,6 +182,8 @@ def decode_clip(
         info: the file's :func:`probe_video` result; probed here when not given.
         threads: FFmpeg decoder threads for this file. 1 by default because the dataset already
             decodes several files in parallel, one per core.
+        stats: if a dict is given, it receives ``"method"`` (``"seek"`` or ``"sequential"``)
+            and ``"decoded_frames"`` (frames the decoder produced for this clip).
 
     Returns:
         ``uint8`` array ``(len(indices), H, W, 3)``.
@@ -198,12 +201,17 @@ def decode_clip(
     if info is None:
         info = probe_video(path)
     check_readable(path)
+    counter = {"decoded_frames": 0}
     try:
         frames = None
         if info.frame_pts is not None and wanted[-1] < len(info.frame_pts):
-            frames = _decode_by_pts(path, wanted, info.frame_pts, image_size, threads)
+            counter["method"] = "seek"
+            frames = _decode_by_pts(path, wanted, info.frame_pts, image_size, threads, counter)
         if frames is None:
-            frames = _decode_sequential(path, wanted, image_size, threads)
+            counter["method"] = "sequential"
+            frames = _decode_sequential(path, wanted, image_size, threads, counter)
+        if stats is not None:
+            stats.update(counter)
     except av.FFmpegError as e:
         raise VideoInputError(path, f"decoding failed ({e})") from None
     if image_size is None:
@@ -226,6 +234,7 @@ def _decode_by_pts(
     frame_pts: tuple[int, ...],
     image_size: tuple[int, int] | None,
     threads: int,
+    counter: dict,
 ) -> dict[int, np.ndarray] | None:
     """Seek to the keyframe before the first wanted frame, decode forward, stop at the last.
 
@@ -243,6 +252,7 @@ def _decode_by_pts(
             # decoding can start without missing references.
             container.seek(first_pts, stream=stream, backward=True, any_frame=False)
         for frame in container.decode(stream):
+            counter["decoded_frames"] += 1
             if frame.pts is None:
                 return None
             if not out and frame.pts > first_pts:
@@ -258,7 +268,11 @@ def _decode_by_pts(
 
 
 def _decode_sequential(
-    path: str, wanted: list[int], image_size: tuple[int, int] | None, threads: int
+    path: str,
+    wanted: list[int],
+    image_size: tuple[int, int] | None,
+    threads: int,
+    counter: dict,
 ) -> dict[int, np.ndarray]:
     """Decode from the start, counting frames; stop after the last wanted frame."""
     want = set(wanted)
@@ -269,6 +283,7 @@ def _decode_sequential(
         stream = _video_stream(container, path)
         stream.codec_context.thread_count = threads
         for count, frame in enumerate(container.decode(stream), start=1):
+            counter["decoded_frames"] += 1
             index = count - 1
             if index in want:
                 out[index] = _to_rgb(frame, image_size)
