@@ -78,13 +78,16 @@ class SidewaysModel(keras.Model):
         stateful: keep the pipeline buffers (activations, cotangents, the targets of frames in
             flight) across steps, so that consecutive batches continue the same B streams; the
             batch size is then fixed. ``reset_buffers()`` starts new streams. Buffers are never
-            saved: a reloaded model starts new streams.
+            saved: a reloaded model starts new streams. A chunk in which no stage has a valid
+            contribution yet (the pipeline still filling) applies no update on one replica;
+            under a multi-replica strategy it applies a zero gradient (see `_apply_if_any`).
         update_every: ``None`` (default): one optimizer update per ``train_step`` from the
             per-stage means over the whole clip. An integer u: the means accumulated so far are
             applied after every u-th tick of the step and after its last tick (u=1 is the paper's
             per-tick update); an update point at which no stage has a valid contribution is
             skipped. ``optimizer.iterations`` counts applied updates, so one step of T ticks adds
-            at most ``ceil(T / u)``. Sideways mode only.
+            at most ``ceil(T / u)``. Sideways mode only, and not under a multi-replica
+            strategy (the updates sit inside the tick loop).
         stage_devices: optional list of K device strings (e.g. ``["/GPU:0", "/GPU:1"]``): each
             stage's variables and per-tick computation are placed on its device.
         **kwargs: passed to `keras.Model` (e.g. ``name``).
@@ -257,6 +260,13 @@ class SidewaysModel(keras.Model):
         clips, targets, sample_weight = self._prepare_batch(
             clips, targets, sample_weight, self.mode
         )
+        if self.update_every is not None and self.mode == "sideways" and _num_replicas() > 1:
+            raise NotImplementedError(
+                f"update_every={self.update_every} applies optimizer updates inside the tick "
+                "loop, which a multi-replica tf.distribute strategy cannot synchronise "
+                f"({_num_replicas():.0f} replicas here: a merge_call inside control flow). Use "
+                "update_every=None (one update per step) under the strategy."
+            )
         loss_scale = self.optimizer.scale_loss(tf.constant(1.0))
         if self.mode == "backprop":
             result = self._backprop_pass(
@@ -552,9 +562,11 @@ class SidewaysModel(keras.Model):
             self.optimizer.apply(gradients, variables)
             return tf.constant(True)
 
-        if may_be_empty:
+        if may_be_empty and _num_replicas() == 1:
             tf.cond(tf.reduce_any(counts > 0), apply, lambda: tf.constant(False))
         else:
+            # Under a multi-replica strategy the optimizer's cross-replica sync (merge_call)
+            # cannot sit inside a conditional, so an empty stateful chunk applies zeros there.
             apply()
 
     def _sideways_pass(
