@@ -1,0 +1,14 @@
+"""Fixtures for the video input tests (helpers live in ``videotools``)."""
+
+from __future__ import annotations
+
+import pytest
+from videotools import make_class_folders
+
+
+@pytest.fixture(scope="session")
+def three_class_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """a/ (4 videos), b/ (5), c/ (3): 20-frame 64x64 H.264 index videos."""
+    root = tmp_path_factory.mktemp("three_class")
+    make_class_folders(root, {"a": 4, "b": 5, "c": 3})
+    return str(root)
