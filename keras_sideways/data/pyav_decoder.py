@@ -101,6 +101,21 @@ def _video_stream(container: av.container.InputContainer, path: str) -> av.video
     return container.streams.video[0]
 
 
+def _header_duration(container: av.container.InputContainer) -> float | None:
+    """Duration in seconds as written in the file's header, where the format records one.
+
+    Only Matroska/WebM is trusted here: its muxer writes the real duration into the header
+    when it finishes, so data ending well before it means the file was cut. Other formats
+    either fail to open when cut (mp4/mov/avi keep an index at the end, and list a frame count
+    that is checked separately) or have no header duration (FFmpeg estimates one from the data
+    it reads, which would agree with a truncated file anyway).
+    """
+    if "matroska" not in container.format.name or not container.duration:
+        return None
+    start = (container.start_time or 0) / av.time_base
+    return container.duration / av.time_base + start
+
+
 def probe_video(path: str) -> VideoInfo:
     """Probe one file: readable, has a video stream, first frame decodes; count its frames.
 
@@ -113,18 +128,40 @@ def probe_video(path: str) -> VideoInfo:
     try:
         stream = _video_stream(container, path)
         pts: list[int | None] = []
+        end = 0.0  # seconds: where the last packet of any stream ends
         try:
-            for packet in container.demux(stream):
+            # All streams, not only video: an audio track that outlasts the video must not make
+            # a complete file look truncated.
+            for packet in container.demux():
                 # Demuxers emit a final empty packet to flush the decoder: not a frame.
-                if packet.size > 0:
+                if packet.size == 0:
+                    continue
+                if packet.stream.index == stream.index:
                     pts.append(packet.pts)
+                if packet.pts is not None and packet.time_base is not None:
+                    stop = packet.pts + (packet.duration or 0)
+                    end = max(end, float(stop * packet.time_base))
         except av.FFmpegError as e:
             raise VideoInputError(path, f"corrupt: error while reading packets ({e})") from None
         codec = stream.codec_context.name
+        declared_frames = stream.frames or 0
+        declared_seconds = _header_duration(container)
     finally:
         container.close()
     if not pts:
         raise VideoInputError(path, "video stream has no frames")
+    if declared_frames and len(pts) < declared_frames:
+        raise VideoInputError(
+            path,
+            f"truncated or corrupt: the header lists {declared_frames} frames, "
+            f"only {len(pts)} are present",
+        )
+    if declared_seconds and declared_seconds - end > max(0.5, 0.02 * declared_seconds):
+        raise VideoInputError(
+            path,
+            f"truncated or corrupt: the header says {declared_seconds:.2f} s, "
+            f"the data ends at {end:.2f} s",
+        )
     # Reopen rather than seek back to 0: not every demuxer can seek.
     first = None
     with _open(path) as container:

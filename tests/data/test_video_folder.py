@@ -134,9 +134,7 @@ def test_validation_split_is_disjoint_covering_and_per_class(tmp_path):
     assert sum("/p/" in p for p in val.file_paths) == 3  # 30% of each class
     both = video_dataset_from_directory(tmp_path, subset="both", **kw)
     assert [d.file_paths for d in both] == [train.file_paths, val.file_paths]
-    other = video_dataset_from_directory(
-        tmp_path, subset="validation", **{**kw, "seed": 6}
-    )
+    other = video_dataset_from_directory(tmp_path, subset="validation", **{**kw, "seed": 6})
     assert other.file_paths != val.file_paths  # the seed decides the split
     with pytest.raises(ValueError, match="seed"):
         video_dataset_from_directory(tmp_path, validation_split=0.3, subset="training")
