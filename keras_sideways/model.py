@@ -24,7 +24,8 @@ class _StreamBuffers:
     or restored stateful model therefore starts new streams.
     """
 
-    def __init__(self, num_stages: int, output_dtypes: Sequence[str]):
+    def __init__(self, num_stages: int, output_dtypes: Sequence[str],
+                 history_dtypes: dict[str, str]):
         def variable(dtype: Any, name: str) -> tf.Variable:
             # Shape None: the batch size is only known at the first step. ON_READ keeps one
             # copy per replica under a tf.distribute strategy (each replica runs its own streams).
@@ -52,6 +53,21 @@ class _StreamBuffers:
         # as float32 because the target dtype is only known at the first step.
         self.targets = [variable("float32", f"target_{k}") for k in pairs]
         self.weights = [variable("float32", f"weight_{k}") for k in pairs]
+        # The older part of each temporal window (stages with a window longer than 1).
+        self.histories = {
+            key: variable(dtype, f"history_{key}") for key, dtype in history_dtypes.items()
+        }
+
+    def state(self) -> dict[str, Any]:
+        """The variables, in the structure of the pipeline state."""
+        return {
+            "tick": self.tick,
+            "activations": self.activations,
+            "cotangents": self.cotangents,
+            "histories": self.histories,
+            "targets": self.targets,
+            "weights": self.weights,
+        }
 
 
 @keras.saving.register_keras_serializable(package="keras_sideways")
@@ -90,6 +106,14 @@ class SidewaysModel(keras.Model):
             strategy (the updates sit inside the tick loop).
         stage_devices: optional list of K device strings (e.g. ``["/GPU:0", "/GPU:1"]``): each
             stage's variables and per-tick computation are placed on its device.
+        temporal_windows: optional list of K window lengths ``w_k >= 1`` (default all 1). A
+            stage with ``w_k > 1`` reads the last ``w_k`` outputs of the stage below (stage 0:
+            the last ``w_k`` frames) stacked on a time axis, ``(B, w_k, …)``, oldest first: a
+            causal temporal kernel. Before a stream has ``w_k`` elements the window repeats its
+            oldest one (edge padding), in the pipeline and in the exact forward alike. The
+            pullback's cotangents for the window positions are summed into the one cotangent
+            buffer of the stage below. Each stage still adds one tick of latency, so the tick
+            schedule (validity, fill, target alignment) is unchanged.
         **kwargs: passed to `keras.Model` (e.g. ``name``).
     """
 
@@ -101,6 +125,7 @@ class SidewaysModel(keras.Model):
         stateful: bool = False,
         update_every: int | None = None,
         stage_devices: Sequence[str] | None = None,
+        temporal_windows: Sequence[int] | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -138,6 +163,7 @@ class SidewaysModel(keras.Model):
         self.stateful = bool(stateful)
         self.update_every = update_every
         self.stage_devices = _check_stage_devices(stage_devices, len(self.stages))
+        self.temporal_windows = _check_temporal_windows(temporal_windows, len(self.stages))
         self._stage_output_shapes: list[tuple[int | None, ...]] = []
         self._stage_output_dtypes: list[str] = []
         self._buffers: _StreamBuffers | None = None
@@ -163,8 +189,12 @@ class SidewaysModel(keras.Model):
                 f"(B, T, D) or (B, T, H, W, C); got input shape {input_shape}."
             )
         spec = keras.KerasTensor((None,) + input_shape[2:], dtype=keras.config.floatx())
-        shapes, dtypes = [], []
+        shapes, dtypes, history_dtypes = [], [], {}
         for k, stage in enumerate(self.stages):
+            window = self.temporal_windows[k]
+            if window > 1:
+                history_dtypes[str(k)] = spec.dtype
+                spec = keras.KerasTensor((None, window) + tuple(spec.shape[1:]), spec.dtype)
             with self._device(k):
                 spec = stage(spec)
             if not isinstance(spec, keras.KerasTensor):
@@ -176,8 +206,9 @@ class SidewaysModel(keras.Model):
             dtypes.append(spec.dtype)
         self._stage_output_shapes = shapes
         self._stage_output_dtypes = dtypes
+        self._frame_shape = tuple(input_shape[2:])
         if self.stateful and self._buffers is None:
-            self._buffers = _StreamBuffers(self.num_stages, dtypes)
+            self._buffers = _StreamBuffers(self.num_stages, dtypes, history_dtypes)
         self.built = True
 
     def get_config(self) -> dict[str, Any]:
@@ -190,6 +221,7 @@ class SidewaysModel(keras.Model):
                 "stateful": self.stateful,
                 "update_every": self.update_every,
                 "stage_devices": self.stage_devices,
+                "temporal_windows": self.temporal_windows,
             }
         )
         return config
@@ -207,18 +239,25 @@ class SidewaysModel(keras.Model):
 
     def call(self, clips: Any, training: bool | None = None) -> tf.Tensor:
         """The exact synchronous forward: every frame through every stage, frames batched."""
-        clips = tf.convert_to_tensor(clips)
-        outputs = self._frames_forward(_merge_time(clips), training=training)
-        outputs = _split_time(outputs, clips)
+        outputs = self._sequence_forward(tf.convert_to_tensor(clips), training=training)
         if self.pool == "mean":
             return tf.reduce_mean(outputs, axis=1)
         return outputs
 
-    def _frames_forward(self, frames: tf.Tensor, training: bool | None) -> tf.Tensor:
+    def _sequence_forward(self, clips: tf.Tensor, training: bool | None) -> tf.Tensor:
+        """(B, T, …) -> per-frame top outputs (B, T, …), all frames batched through each stage.
+
+        A stage with a temporal window reads, for frame s, the stage below's outputs for frames
+        s-w+1 … s, clamped at frame 0: the same edge padding as the pipeline's stream start.
+        """
+        sequence = clips
         for k, stage in enumerate(self.stages):
+            window = self.temporal_windows[k]
+            inputs = _causal_windows(sequence, window) if window > 1 else sequence
             with self._device(k):
-                frames = stage(frames, training=training)
-        return frames
+                outputs = stage(_merge_time(inputs), training=training)
+            sequence = _split_time(outputs, sequence)
+        return sequence
 
     # ------------------------------------------------------------------ training
 
@@ -472,7 +511,7 @@ class SidewaysModel(keras.Model):
                 sample_weight = _repeat_time(sample_weight, num_frames)
             frame_weights = _merge_time(sample_weight)
         with tf.GradientTape() as tape:
-            outputs = self._frames_forward(_merge_time(clips), training=True)
+            outputs = _merge_time(self._sequence_forward(clips, training=True))
             loss = self._frame_loss(frame_targets, outputs, frame_weights)
             extra = [self._aggregate_additional_loss(loss) for loss in self.losses]
             regularization = tf.add_n(extra) if extra else tf.constant(0.0)
@@ -490,57 +529,93 @@ class SidewaysModel(keras.Model):
             "batch": batch,
         }
 
-    def _initial_state(
-        self, batch: tf.Tensor, frame_target: tf.Tensor, frame_weight: tf.Tensor
-    ) -> tuple[Any, list[Any], list[Any], list[Any], list[Any]]:
-        """(tick, activations, cotangents, target tags, weight tags) at the start of a step."""
+    def _fresh_state(
+        self, batch: Any, frame_target: tf.Tensor, frame_weight: tf.Tensor
+    ) -> dict[str, Any]:
+        """The state of an empty pipeline: zero buffers at tick 0."""
         pairs = range(self.num_stages - 1)
 
-        def zeros(k: int) -> tf.Tensor:
-            shape = tf.concat([[batch], self._stage_output_shapes[k][1:]], axis=0)
-            return tf.zeros(shape, dtype=self._stage_output_dtypes[k])
+        def zeros(shape: Sequence[Any], dtype: Any) -> tf.Tensor:
+            return tf.zeros(tf.concat([[batch], list(shape)], axis=0), dtype=dtype)
 
-        fresh = (
-            tf.constant(0, tf.int32),
-            [zeros(k) for k in pairs],
-            [zeros(k) for k in pairs],
-            [tf.zeros_like(frame_target) for _ in pairs],
-            [tf.zeros_like(frame_weight) for _ in pairs],
-        )
+        histories = {}
+        for k, window in enumerate(self.temporal_windows):
+            if window > 1:
+                if k == 0:
+                    element, dtype = self._frame_shape, keras.config.floatx()
+                else:
+                    element = self._stage_output_shapes[k - 1][1:]
+                    dtype = self._stage_output_dtypes[k - 1]
+                histories[str(k)] = zeros((window - 1,) + tuple(element), dtype)
+        return {
+            "tick": tf.constant(0, tf.int32),
+            "activations": [
+                zeros(self._stage_output_shapes[k][1:], self._stage_output_dtypes[k])
+                for k in pairs
+            ],
+            "cotangents": [
+                zeros(self._stage_output_shapes[k][1:], self._stage_output_dtypes[k])
+                for k in pairs
+            ],
+            "histories": histories,
+            "targets": [tf.zeros_like(frame_target) for _ in pairs],
+            "weights": [tf.zeros_like(frame_weight) for _ in pairs],
+        }
+
+    def _initial_state(
+        self, batch: Any, frame_target: tf.Tensor, frame_weight: tf.Tensor
+    ) -> dict[str, Any]:
+        """The pipeline state at the start of a step: empty, or the stored streams."""
+        fresh = self._fresh_state(batch, frame_target, frame_weight)
         if not self.stateful:
             return fresh
-        buffers = self._buffers
-        tick = buffers.tick.read_value()
+        stored_variables = self._buffers.state()
+        tick = stored_variables["tick"].read_value()
 
-        def stored() -> tuple[list[Any], ...]:
+        def stored() -> dict[str, Any]:
             def read(variable: tf.Variable, like: tf.Tensor) -> tf.Tensor:
                 value = tf.cast(variable.read_value(), like.dtype)
                 return tf.ensure_shape(value, like.shape)
 
-            return (
-                [read(buffers.activations[k], fresh[1][k]) for k in pairs],
-                [read(buffers.cotangents[k], fresh[2][k]) for k in pairs],
-                [read(buffers.targets[k], fresh[3][k]) for k in pairs],
-                [read(buffers.weights[k], fresh[4][k]) for k in pairs],
-            )
+            return tf.nest.map_structure(read, stored_variables, fresh)
 
-        if self.num_stages == 1:
-            return (tick, [], [], [], [])
         # After a reset (tick 0) the stored buffers are stale or empty: start from zeros.
-        activations, cotangents, target_tags, weight_tags = tf.cond(
-            tf.equal(tick, 0), lambda: fresh[1:], stored
-        )
-        return tick, list(activations), list(cotangents), list(target_tags), list(weight_tags)
+        state = tf.cond(tf.equal(tick, 0), lambda: fresh, stored)
+        state["tick"] = tick
+        return state
 
-    def _save_state(self, tick: Any, activations: list, cotangents: list, target_tags: list,
-                     weight_tags: list) -> None:
-        buffers = self._buffers
-        buffers.tick.assign(tick)
-        for k in range(self.num_stages - 1):
-            buffers.activations[k].assign(activations[k])
-            buffers.cotangents[k].assign(cotangents[k])
-            buffers.targets[k].assign(tf.cast(target_tags[k], tf.float32))
-            buffers.weights[k].assign(tf.cast(weight_tags[k], tf.float32))
+    def _save_state(self, state: dict[str, Any]) -> None:
+        tf.nest.map_structure(
+            lambda variable, value: variable.assign(tf.cast(value, variable.dtype)),
+            self._buffers.state(),
+            state,
+        )
+
+    def _stage_inputs(
+        self, frame: tf.Tensor, state: dict[str, Any]
+    ) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+        """What every stage reads at this tick, and the window histories for the next tick.
+
+        Stage k's newest element is the frame (k = 0) or the activation stage k-1 produced one
+        tick ago. A windowed stage stacks it after its history; at the tick its first real
+        element arrives (the stream start for that stage) the history is filled with copies of
+        it, the edge padding that `_sequence_forward` uses too.
+        """
+        tick = state["tick"]
+        inputs, histories = [], {}
+        for k, window in enumerate(self.temporal_windows):
+            newest = frame if k == 0 else state["activations"][k - 1]
+            if window == 1:
+                inputs.append(newest)
+                continue
+            history = state["histories"][str(k)]
+            starting = tf.equal(tick, schedule.first_valid_input_tick(k))
+            repeated = tf.repeat(newest[:, None], window - 1, axis=1)
+            history = tf.where(starting, repeated, history)
+            stacked = tf.concat([history, newest[:, None]], axis=1)
+            inputs.append(stacked)
+            histories[str(k)] = stacked[:, 1:]
+        return inputs, histories
 
     def _stage_means(self, accumulators: list, counts: tf.Tensor, owner: list[int]) -> list:
         divisors = tf.maximum(counts, 1.0)
@@ -602,9 +677,7 @@ class SidewaysModel(keras.Model):
         def target_of(i: Any) -> tf.Tensor:
             return targets if frame_targets is None else frame_targets[i]
 
-        tick0, activations0, cotangents0, targets0, weights0 = self._initial_state(
-            batch, target_of(0), weights[0]
-        )
+        state0 = self._initial_state(batch, target_of(0), weights[0])
         accumulators0 = [tf.zeros(v.shape, v.dtype) for v in variables]
         counts0 = tf.zeros([num_stages], tf.float32)
         replicas = _num_replicas()
@@ -616,14 +689,14 @@ class SidewaysModel(keras.Model):
             self._apply_if_any(gradients, counts, may_be_empty=True)
             return [tf.zeros_like(a) for a in accumulators], tf.zeros_like(counts)
 
-        def body(i, tick, activations, cotangents, target_tags, weight_tags, accumulators,
-                 counts, loss_sum, loss_count, tick_losses):
+        def body(i, state, accumulators, counts, loss_sum, loss_count, tick_losses):
+            tick = state["tick"]
             new_target, new_weight = target_of(i), weights[i]
             if num_stages > 1:
-                top_target, top_weight = target_tags[-1], weight_tags[-1]
+                top_target, top_weight = state["targets"][-1], state["weights"][-1]
             else:
                 top_target, top_weight = new_target, new_weight
-            inputs = [frames[i]] + list(activations)
+            inputs, histories = self._stage_inputs(frames[i], state)
             with tf.GradientTape() as tape:
                 tape.watch(inputs[1:])
                 outputs = []
@@ -637,10 +710,17 @@ class SidewaysModel(keras.Model):
                 for k in range(num_stages - 1):
                     # <e_k, f_k(in_k)>: its gradient is stage k's pullback of the cotangent that
                     # stage k+1 produced one tick ago, at the current input.
-                    product = tf.reduce_sum(outputs[k] * tf.stop_gradient(cotangents[k]))
+                    product = tf.reduce_sum(outputs[k] * tf.stop_gradient(state["cotangents"][k]))
                     objective += tf.cast(product, tf.float32)
             gradients = _gradient(tape, objective, variables + inputs[1:])
             parameter_gradients = gradients[: len(variables)]
+            cotangents = []
+            for k, input_gradient in enumerate(gradients[len(variables):], start=1):
+                if self.temporal_windows[k] > 1:
+                    # One cotangent per window position; Sideways sums them into the one
+                    # cotangent buffer of the stage below (it keeps no older activations).
+                    input_gradient = tf.reduce_sum(input_gradient, axis=1)
+                cotangents.append(input_gradient)
             # Invalid cotangents are exactly zero (zero buffers, zero top loss, and pullbacks are
             # linear), so they add nothing; the counts follow the schedule.
             valid = tf.stack(
@@ -664,39 +744,30 @@ class SidewaysModel(keras.Model):
                     lambda: apply_means(accumulators, counts),
                     lambda: (accumulators, counts),
                 )
-            return (
-                i + 1,
-                tick + 1,
-                outputs[:-1],
-                list(gradients[len(variables):]),
-                ([new_target] + list(target_tags))[: num_stages - 1],
-                ([new_weight] + list(weight_tags))[: num_stages - 1],
-                accumulators,
-                counts,
-                loss_sum,
-                loss_count,
-                tick_losses,
-            )
+            state = {
+                "tick": tick + 1,
+                "activations": outputs[:-1],
+                "cotangents": cotangents,
+                "histories": histories,
+                "targets": ([new_target] + list(state["targets"]))[: num_stages - 1],
+                "weights": ([new_weight] + list(state["weights"]))[: num_stages - 1],
+            }
+            return i + 1, state, accumulators, counts, loss_sum, loss_count, tick_losses
 
         loop_vars = (
             tf.constant(0),
-            tick0,
-            activations0,
-            cotangents0,
-            targets0,
-            weights0,
+            state0,
             accumulators0,
             counts0,
             tf.constant(0.0),
             tf.constant(0.0),
             tf.TensorArray(tf.float32, size=num_frames),
         )
-        (_, tick, activations, cotangents, target_tags, weight_tags, accumulators, counts,
-         loss_sum, loss_count, tick_losses) = tf.while_loop(
+        _, state, accumulators, counts, loss_sum, loss_count, tick_losses = tf.while_loop(
             lambda i, *_: i < num_frames, body, loop_vars
         )
         if self.stateful:
-            self._save_state(tick, activations, cotangents, target_tags, weight_tags)
+            self._save_state(state)
         regularization_value, regularization = self._regularization(variables, loss_scale)
         if apply_within:
             gradients = [tf.zeros_like(a) for a in accumulators]
@@ -760,6 +831,36 @@ def _repeat_time(x: tf.Tensor, num_frames: Any, axis: int = 1) -> tf.Tensor:
         tf.ones([x.shape.rank + 1], tf.int32), [[axis]], [num_frames]
     )
     return tf.tile(expanded, multiples)
+
+
+def _causal_windows(sequence: tf.Tensor, window: int) -> tf.Tensor:
+    """(B, T, …) -> (B, T, window, …): for frame s the elements s-window+1 … s, clamped at 0."""
+    num_frames = tf.shape(sequence)[1]
+    offsets = tf.range(window) - (window - 1)
+    indices = tf.maximum(tf.range(num_frames)[:, None] + offsets[None, :], 0)
+    return tf.gather(sequence, indices, axis=1)
+
+
+def _check_temporal_windows(windows: Sequence[int] | None, num_stages: int) -> list[int]:
+    if windows is None:
+        return [1] * num_stages
+    if isinstance(windows, int) or not isinstance(windows, Sequence):
+        raise TypeError(
+            f"`temporal_windows` must be a list of {num_stages} ints (one per stage), got "
+            f"{windows!r}."
+        )
+    windows = list(windows)
+    if len(windows) != num_stages:
+        raise ValueError(
+            f"`temporal_windows` gives {len(windows)} window lengths for {num_stages} stages; "
+            "give exactly one per stage (1 for no window)."
+        )
+    for k, window in enumerate(windows):
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(
+                f"`temporal_windows[{k}]` must be an int >= 1, got {window!r}."
+            )
+    return windows
 
 
 def _check_stage_devices(devices: Sequence[str] | None, num_stages: int) -> list[str] | None:

@@ -51,10 +51,16 @@ LOSSES = {"mse": mse_and_cotangent, "sparse_crossentropy": sparse_crossentropy_a
 
 
 def sideways_gradients(stages: list[DenseStage], clips: np.ndarray, targets: np.ndarray,
-                       loss: str, per_frame_targets: bool):
-    """Per-stage mean pseudo-gradients [(dW, db) per stage] and the tick losses (None if empty)."""
+                       loss: str, per_frame_targets: bool, windows: list[int] | None = None):
+    """Per-stage mean pseudo-gradients [(dW, db) per stage] and the tick losses (None if empty).
+
+    ``windows[k] > 1``: stage k reads its last w inputs, oldest first, flattened; before w have
+    arrived the oldest real one is repeated. The window's input cotangents are summed.
+    """
     loss_fn = LOSSES[loss]
     num_stages = len(stages)
+    windows = windows or [1] * num_stages
+    histories: list[list | None] = [None] * num_stages  # the last w-1 inputs of each stage
     num_frames = clips.shape[1]
     activations = [None] * (num_stages - 1)  # a_k: stage k's output at the previous tick
     cotangents = [None] * (num_stages - 1)  # e_k: cotangent for a_k from stage k+1
@@ -64,7 +70,17 @@ def sideways_gradients(stages: list[DenseStage], clips: np.ndarray, targets: np.
     tick_losses = []
     for t in range(num_frames):
         frame_target = targets[:, t] if per_frame_targets else targets
-        inputs = [clips[:, t]] + activations
+        newest = [clips[:, t]] + activations
+        inputs = []
+        for k in range(num_stages):
+            if newest[k] is None or windows[k] == 1:
+                inputs.append(newest[k])
+                continue
+            if histories[k] is None:
+                histories[k] = [newest[k]] * (windows[k] - 1)
+            window = histories[k] + [newest[k]]
+            histories[k] = window[1:]
+            inputs.append(np.concatenate(window, axis=1))  # == reshape of (B, w, D), row-major
         top_target = target_tags[-1] if num_stages > 1 else frame_target
         outputs = [
             None if inputs[k] is None else stages[k].forward(inputs[k]) for k in range(num_stages)
@@ -85,6 +101,8 @@ def sideways_gradients(stages: list[DenseStage], clips: np.ndarray, targets: np.
             sums[k][1] += d_bias
             counts[k] += 1
             if k > 0:
+                if windows[k] > 1:
+                    d_input = d_input.reshape(d_input.shape[0], windows[k], -1).sum(axis=1)
                 new_cotangents[k - 1] = d_input
         tick_losses.append(tick_loss)
         activations = outputs[:-1]
