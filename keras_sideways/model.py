@@ -250,7 +250,7 @@ class SidewaysModel(keras.Model):
         A stage with a temporal window reads, for frame s, the stage below's outputs for frames
         s-w+1 … s, clamped at frame 0: the same edge padding as the pipeline's stream start.
         """
-        sequence = clips
+        sequence = tf.convert_to_tensor(clips)
         for k, stage in enumerate(self.stages):
             window = self.temporal_windows[k]
             inputs = _causal_windows(sequence, window) if window > 1 else sequence
@@ -334,6 +334,85 @@ class SidewaysModel(keras.Model):
             sample_weight=tf.cast(tf.shape(clips)[0], "float32") * tf.cast(has_loss, "float32"),
         )
         return self.get_metrics_result()
+
+    # ------------------------------------------------------------------ streaming inference
+
+    def stream_init(self, batch_size: Any) -> dict[str, tf.Tensor]:
+        """The state of an empty streaming pipeline for ``batch_size`` streams.
+
+        Keys: ``tick`` (int32 scalar), ``activation_<k>`` (stage k's last output, k < K-1) and
+        ``history_<k>`` (the older part of a windowed stage's window). Feed it to `stream_step`.
+        """
+        self._require_built("stream_init")
+        frame_target = tf.zeros([batch_size])
+        state = self._fresh_state(batch_size, frame_target, frame_target)
+        return self._stream_keys(state)
+
+    def stream_step(self, frame: Any, state: dict[str, Any]) -> dict[str, tf.Tensor]:
+        """One tick of the pipelined forward (inference): every stage advances by one frame.
+
+        Returns ``output`` (the top stage's output at this tick), ``valid`` (true once the
+        pipeline is full: the output then belongs to frame ``tick - (K-1)``) and the next state
+        under the keys `stream_init` returns. Outputs equal the per-frame outputs of `predict`,
+        delayed by K-1 ticks.
+        """
+        self._require_built("stream_step")
+        frame = tf.convert_to_tensor(frame)
+        expected = set(self._stream_keys(self._fresh_state(1, tf.zeros([1]), tf.zeros([1]))))
+        if set(state) != expected:
+            raise ValueError(
+                f"stream_step state has keys {sorted(state)}, expected {sorted(expected)} (the "
+                "keys stream_init returns)."
+            )
+        pipeline = {
+            "tick": tf.cast(state["tick"], tf.int32),
+            "activations": [state[f"activation_{k}"] for k in range(self.num_stages - 1)],
+            "histories": {
+                key[len("history_"):]: value
+                for key, value in state.items()
+                if key.startswith("history_")
+            },
+        }
+        inputs, histories = self._stage_inputs(frame, pipeline)
+        outputs = []
+        for k, stage in enumerate(self.stages):
+            with self._device(k):
+                outputs.append(stage(inputs[k], training=False))
+        result = self._stream_keys(
+            {"tick": pipeline["tick"] + 1, "activations": outputs[:-1], "histories": histories}
+        )
+        result["output"] = outputs[-1]
+        result["valid"] = schedule.output_valid(self.num_stages, pipeline["tick"])
+        return result
+
+    def _stream_keys(self, state: dict[str, Any]) -> dict[str, tf.Tensor]:
+        flat = {"tick": state["tick"]}
+        for k, activation in enumerate(state["activations"]):
+            flat[f"activation_{k}"] = activation
+        for key, history in state["histories"].items():
+            flat[f"history_{key}"] = history
+        return flat
+
+    def _require_built(self, what: str) -> None:
+        if not self.built:
+            raise ValueError(
+                f"{what} needs a built model: call the model on a batch of clips, or "
+                "`model.build((None, T) + frame_shape)`, first."
+            )
+
+    def export(self, filepath: Any, format: str = "tf_saved_model", verbose: Any = None,
+               **kwargs: Any) -> None:
+        """Write a SavedModel with ``serving_default``, ``stream_init`` and ``stream_step``.
+
+        See `keras_sideways.export.export_saved_model`; other formats are not supported.
+        """
+        if format != "tf_saved_model":
+            raise ValueError(
+                f"SidewaysModel.export supports format='tf_saved_model' only, got {format!r}."
+            )
+        from keras_sideways.export import export_saved_model
+
+        export_saved_model(self, filepath, verbose=verbose, **kwargs)
 
     def reset_buffers(self) -> None:
         """Start new streams: the pipeline of a stateful model refills from the next batch."""
