@@ -167,6 +167,7 @@ class SidewaysModel(keras.Model):
         self._stage_output_shapes: list[tuple[int | None, ...]] = []
         self._stage_output_dtypes: list[str] = []
         self._buffers: _StreamBuffers | None = None
+        self._ticks_per_iteration = 1
         self._stream_batch_size: int | None = None
 
     # ------------------------------------------------------------------ structure
@@ -743,20 +744,26 @@ class SidewaysModel(keras.Model):
         num_stages = self.num_stages
         variables = list(self.trainable_variables)
         owner = self._stage_divisor_index(variables)
-        batch, num_frames = tf.shape(clips)[0], tf.shape(clips)[1]
-        frames = _time_major(clips)
-        frame_targets = None if self.pool == "mean" else _time_major(targets)
-        if sample_weight is None:
-            weights = tf.ones([num_frames, batch], tf.float32)
-        elif sample_weight.shape.rank == 1:
-            weights = _repeat_time(sample_weight, num_frames, axis=0)
-        else:
-            weights = _time_major(sample_weight)
+        # Static where known: loop variables keep the batch dimension across iterations.
+        batch = clips.shape[0] if clips.shape[0] is not None else tf.shape(clips)[0]
+        num_frames = tf.shape(clips)[1]
+
+        # Frames, targets and weights are read per tick straight from the batch: a time-major
+        # copy of the clip would make the step's memory grow with T.
+        def frame_of(i: Any) -> tf.Tensor:
+            return tf.gather(clips, i, axis=1)
 
         def target_of(i: Any) -> tf.Tensor:
-            return targets if frame_targets is None else frame_targets[i]
+            return targets if self.pool == "mean" else tf.gather(targets, i, axis=1)
 
-        state0 = self._initial_state(batch, target_of(0), weights[0])
+        def weight_of(i: Any) -> tf.Tensor:
+            if sample_weight is None:
+                return tf.ones([batch], tf.float32)
+            if sample_weight.shape.rank == 1:
+                return sample_weight
+            return tf.gather(sample_weight, i, axis=1)
+
+        state0 = self._initial_state(batch, target_of(0), weight_of(0))
         accumulators0 = [tf.zeros(v.shape, v.dtype) for v in variables]
         counts0 = tf.zeros([num_stages], tf.float32)
         replicas = _num_replicas()
@@ -770,12 +777,12 @@ class SidewaysModel(keras.Model):
 
         def body(i, state, accumulators, counts, loss_sum, loss_count, tick_losses):
             tick = state["tick"]
-            new_target, new_weight = target_of(i), weights[i]
+            new_target, new_weight = target_of(i), weight_of(i)
             if num_stages > 1:
                 top_target, top_weight = state["targets"][-1], state["weights"][-1]
             else:
                 top_target, top_weight = new_target, new_weight
-            inputs, histories = self._stage_inputs(frames[i], state)
+            inputs, histories = self._stage_inputs(frame_of(i), state)
             with tf.GradientTape() as tape:
                 tape.watch(inputs[1:])
                 outputs = []
@@ -842,6 +849,18 @@ class SidewaysModel(keras.Model):
             tf.constant(0.0),
             tf.TensorArray(tf.float32, size=num_frames),
         )
+        unroll = self._ticks_per_iteration
+        if unroll > 1:
+            # Several ticks per loop iteration cut the loop's per-iteration overhead; the graph
+            # holds `unroll` + 1 tick bodies whatever T is. The tail loop runs the remainder.
+            def unrolled(*loop_vars: Any) -> tuple:
+                for _ in range(unroll):
+                    loop_vars = body(*loop_vars)
+                return loop_vars
+
+            loop_vars = tf.while_loop(
+                lambda i, *_: i + unroll <= num_frames, unrolled, loop_vars
+            )
         _, state, accumulators, counts, loss_sum, loss_count, tick_losses = tf.while_loop(
             lambda i, *_: i < num_frames, body, loop_vars
         )
@@ -896,11 +915,6 @@ def _split_time(x: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
     result = tf.reshape(x, shape)
     result.set_shape(like.shape[:2].concatenate(x.shape[1:]))
     return result
-
-
-def _time_major(x: tf.Tensor) -> tf.Tensor:
-    rank = x.shape.rank
-    return tf.transpose(x, [1, 0] + list(range(2, rank)))
 
 
 def _repeat_time(x: tf.Tensor, num_frames: Any, axis: int = 1) -> tf.Tensor:
