@@ -172,20 +172,30 @@ def encode_video(
         frames: RGB frames; height and width must be even (yuv420p halves the chroma planes).
         fps: frame rate.
         codec: FFmpeg encoder name.
-        options: encoder options (for libx264 defaults to a fast, high-quality setting).
+        options: encoder options (for libx264 defaults to a fast, high-quality, run-to-run
+            deterministic setting).
     """
     _, height, width, _ = frames.shape
     if height % 2 or width % 2:
         raise ValueError(f"yuv420p needs even frame sizes, got {width}x{height}")
     if options is None and codec == "libx264":
-        options = {"preset": "veryfast", "crf": "18"}
+        # mbtree off: with it, x264 was seen to write different bitstreams for the same input
+        # from run to run once TensorFlow is loaded in the process (its float rate-control
+        # pass is the only part that varied), and these files must be identical per seed.
+        options = {"preset": "veryfast", "crf": "18", "x264-params": "mbtree=0"}
     with av.open(path, mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        # One encoder thread: for small frames more threads only add overhead.
+        stream.codec_context.thread_count = 1
         if options:
             stream.options = options
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            # Explicit single-threaded conversion to yuv420p: nothing left to chance.
+            yuv = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(
+                format="yuv420p", threads=1
+            )
+            for packet in stream.encode(yuv):
                 container.mux(packet)
         for packet in stream.encode():  # flush delayed frames
             container.mux(packet)
@@ -209,7 +219,7 @@ def write_synthetic_actions(
 
     Args:
         directory: output root (created if missing).
-        classes: names from :data:`SYNTHETIC_ACTIONS` (at least 2); default
+        classes: names from :data:`SYNTHETIC_ACTIONS`; default
             :data:`DEFAULT_ACTIONS` (left, right, up, down).
         videos_per_class: videos per class.
         num_frames: frames per video.
@@ -222,9 +232,9 @@ def write_synthetic_actions(
     """
     classes = tuple(DEFAULT_ACTIONS if classes is None else classes)
     unknown = [c for c in classes if c not in SYNTHETIC_ACTIONS]
-    if unknown or len(set(classes)) != len(classes) or len(classes) < 2:
+    if unknown or len(set(classes)) != len(classes) or not classes:
         raise ValueError(
-            f"classes must be 2+ distinct names from {SYNTHETIC_ACTIONS}, got {list(classes)}"
+            f"classes must be distinct names from {SYNTHETIC_ACTIONS}, got {list(classes)}"
         )
     height, width = (int(v) for v in image_size)
     if height % 2 or width % 2 or height < 8 or width < 8:

@@ -127,16 +127,6 @@ def tfio_decoder_status() -> TfioStatus:
     tfio_version: str | None = None
     built_for: str | None = None
 
-    ffmpeg_found = ctypes.util.find_library("avformat")
-    ffmpeg_ok = any(all(_can_dlopen(so) for so in sonames) for sonames in _FFMPEG_SONAMES.values())
-    if not ffmpeg_ok:
-        found = f"found {ffmpeg_found}" if ffmpeg_found else "no system FFmpeg found at all"
-        reasons.append(
-            "its FFmpeg ops need the FFmpeg 4 libraries libavformat.so.58 and libswscale.so.5 "
-            f"(or FFmpeg 3.4's libavformat.so.57), which are missing ({found}); "
-            "Debian 12 / Ubuntu 24.04 and newer ship FFmpeg 5+ only"
-        )
-
     spec = importlib.util.find_spec("tensorflow_io")
     if spec is None or not spec.submodule_search_locations:
         reasons.append(
@@ -166,6 +156,17 @@ def tfio_decoder_status() -> TfioStatus:
             except Exception as e:  # noqa: BLE001 - any load failure is the answer we report
                 detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 reasons.append(f"its op library {os.path.basename(core)} fails to load: {detail}")
+    # Checked even when tensorflow-io is missing: installing it would not be enough.
+    ffmpeg_found = ctypes.util.find_library("avformat")
+    ffmpeg_ok = any(all(_can_dlopen(so) for so in sonames) for sonames in _FFMPEG_SONAMES.values())
+    if not ffmpeg_ok:
+        found = f"found {ffmpeg_found}" if ffmpeg_found else "no system FFmpeg found at all"
+        reasons.append(
+            "its FFmpeg ops need the FFmpeg 4 libraries libavformat.so.58 and libswscale.so.5 "
+            f"(or FFmpeg 3.4's libavformat.so.57), which are missing ({found}); "
+            "Debian 12 / Ubuntu 24.04 and newer ship FFmpeg 5+ only"
+        )
+
     return TfioStatus(
         available=not reasons,
         reasons=tuple(reasons),

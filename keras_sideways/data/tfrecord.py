@@ -208,6 +208,13 @@ def _resolve_files(files: str | Sequence[str]) -> tuple[list[str], dict]:
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         raise ValueError(f"TFRecord shard(s) not found: {missing}")
+    folders = {os.path.dirname(os.path.abspath(p)) for p in paths}
+    if not metadata and len(folders) == 1:
+        # Shards given by pattern or list: use the metadata written beside them, if any.
+        meta_path = os.path.join(folders.pop(), METADATA_FILE)
+        if os.path.exists(meta_path):
+            with open(meta_path) as f:
+                metadata = json.load(f)
     return paths, metadata
 
 
