@@ -1,0 +1,169 @@
+"""Depth parallel: `stage_devices` over the two logical CPUs of the test session (see conftest).
+
+Devices are given out of order (stage 0 on CPU:1) so that nothing passes by landing on the
+default device. Wrong lengths and unknown devices are covered in tests/test_model.py.
+"""
+
+from __future__ import annotations
+
+import re
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_sideways import SidewaysModel
+from tests.helpers import assert_weights_equal, check_layer_or_model
+from tests.test_exactness import dense_stages, make_batch
+
+DEVICES = ["/CPU:1", "/CPU:0", "/CPU:1"]
+
+
+def named_stages(seed: int = 0) -> list[keras.layers.Layer]:
+    """Three dense stages named ``stage0…2``, so that their ops can be found in a graph."""
+    stages = dense_stages(3, 3, seed=seed)
+    for k, stage in enumerate(stages):
+        stage.name = f"stage{k}"
+    return stages
+
+
+def make_model(devices: list[str] | None, mode: str = "sideways", seed: int = 0) -> SidewaysModel:
+    keras.utils.set_random_seed(seed)
+    model = SidewaysModel(named_stages(seed), mode=mode, stage_devices=devices)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.5), loss="mse",
+                  metrics=["mae"])
+    return model
+
+
+def device_index(device: str) -> tuple[str, int]:
+    spec = tf.DeviceSpec.from_string(device)
+    return spec.device_type.upper(), spec.device_index or 0
+
+
+def batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    return make_batch(np.random.default_rng(seed), 4, 6, 3, "mse", per_frame=False)
+
+
+def test_variables_of_stage_k_live_on_device_k():
+    clips, _ = batch()
+    model = make_model(DEVICES)
+    model.build(clips.shape)
+    for stage, device in zip(model.stages, DEVICES, strict=True):
+        assert stage.weights
+        for variable in stage.weights:
+            assert device_index(variable.value.device) == device_index(device), variable.path
+
+
+@pytest.mark.parametrize("mode", ["sideways", "backprop"])
+def test_compute_gradients_equal_one_device(mode):
+    clips, targets = batch(1)
+    placed, single = make_model(DEVICES, mode), make_model(None, mode)
+    for model in (placed, single):
+        model.build(clips.shape)
+    assert_weights_equal(placed.get_weights(), single.get_weights(), rtol=0, atol=0)
+    assert_weights_equal(placed.compute_gradients(clips, targets),
+                         single.compute_gradients(clips, targets), rtol=1e-6, atol=1e-7)
+
+
+def test_fit_and_predict_equal_one_device():
+    clips, targets = make_batch(np.random.default_rng(2), 16, 6, 3, "mse", per_frame=False)
+    results = []
+    for devices in (DEVICES, None):
+        model = make_model(devices)
+        history = model.fit(clips, targets, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        results.append((model, history.history))
+    (placed, placed_logs), (single, single_logs) = results
+    assert_weights_equal(placed.get_weights(), single.get_weights())
+    np.testing.assert_allclose(placed_logs["loss"], single_logs["loss"], rtol=1e-6)
+    np.testing.assert_allclose(placed.predict(clips, verbose=0), single.predict(clips, verbose=0),
+                               rtol=1e-6, atol=1e-7)
+
+
+def _tick_graph_nodes(model: SidewaysModel, clips: np.ndarray, targets: np.ndarray) -> list:
+    """NodeDefs of every function in the traced training computation (the tick loop's body)."""
+    function = tf.function(lambda x, y: model.compute_gradients(x, y))
+    graph = function.get_concrete_function(tf.constant(clips), tf.constant(targets)).graph
+    library = graph.as_graph_def().library.function
+    return [node for fn in library if fn.signature.name.startswith("while_body")
+            for node in fn.node_def]
+
+
+def _stage_ops(nodes: list, k: int, backward: bool) -> list:
+    prefix = r"gradient_tape/while/" if backward else r"while/"
+    pattern = re.compile(prefix + rf"stage{k}(_\d+)?/")
+    compute = {"MatMul", "BiasAdd", "Tanh", "TanhGrad", "BiasAddGrad"}
+    return [n for n in nodes if pattern.match(n.name) and n.op in compute]
+
+
+def test_each_stage_computes_on_its_device_every_tick():
+    clips, targets = batch(3)
+    model = make_model(DEVICES)
+    model.build(clips.shape)
+    nodes = _tick_graph_nodes(model, clips, targets)
+    for k, device in enumerate(DEVICES):
+        ops = _stage_ops(nodes, k, backward=False)
+        assert ops, f"no forward ops of stage {k} found in the tick loop"
+        for node in ops:
+            assert node.device and device_index(node.device) == device_index(device), (
+                node.name, node.device)
+
+
+# Gaps found while writing these tests, reported to model.py's owner; `strict` makes each test
+# fail once the gap is closed, so that its marker is removed then.
+@pytest.mark.xfail(strict=True, reason="the tick loop differentiates in one gradient call outside "
+                   "any tf.device, so every stage's pullback runs on the default device")
+def test_each_stage_pulls_back_on_its_device_every_tick():
+    clips, targets = batch(4)
+    model = make_model(DEVICES)
+    model.build(clips.shape)
+    nodes = _tick_graph_nodes(model, clips, targets)
+    for k, device in enumerate(DEVICES):
+        ops = _stage_ops(nodes, k, backward=True)
+        assert ops, f"no pullback ops of stage {k} found in the tick loop"
+        for node in ops:
+            assert node.device and device_index(node.device) == device_index(device), (
+                node.name, node.device)
+
+
+@pytest.mark.xfail(strict=True, reason="Keras builds optimizer slots eagerly, where its "
+                   "colocation with the variable is a no-op: slots land on the default device")
+def test_optimizer_slots_live_with_their_variables():
+    clips, targets = batch(5)
+    model = make_model(DEVICES)
+    model.fit(clips, targets, epochs=1, verbose=0)
+    by_path = {v.path: v for v in model.trainable_variables}
+    slots = [v for v in model.optimizer.variables if v.path.endswith("_momentum")]
+    assert len(slots) == len(by_path)
+    for variable in model.trainable_variables:
+        slot_name = variable.path.replace("/", "_") + "_momentum"
+        slot = next(s for s in slots if s.path.endswith(slot_name))
+        assert device_index(slot.value.device) == device_index(variable.value.device), slot.path
+
+
+def test_stage_devices_survive_config_and_keras_round_trip(tmp_path):
+    model = make_model(DEVICES)
+    assert model.get_config()["stage_devices"] == DEVICES
+    assert SidewaysModel.from_config(model.get_config()).stage_devices == DEVICES
+    clips, targets = batch(6)
+
+    def make() -> SidewaysModel:
+        keras.utils.set_random_seed(6)
+        return SidewaysModel(named_stages(6), stage_devices=DEVICES)
+
+    loaded = check_layer_or_model(make, clips, targets, tmp_path=tmp_path)
+    assert loaded.stage_devices == DEVICES
+
+
+@pytest.mark.xfail(strict=True, reason="from_config deserializes (and so builds) the stages "
+                   "outside their tf.device: a reloaded model's variables sit on the default "
+                   "device")
+def test_reloaded_model_keeps_its_placement(tmp_path):
+    clips, targets = batch(7)
+    model = make_model(DEVICES)
+    model.fit(clips, targets, epochs=1, verbose=0)
+    model.save(tmp_path / "placed.keras")
+    loaded = keras.models.load_model(tmp_path / "placed.keras")
+    for stage, device in zip(loaded.stages, DEVICES, strict=True):
+        for variable in stage.weights:
+            assert device_index(variable.value.device) == device_index(device), variable.path
