@@ -13,6 +13,7 @@ import tensorflow as tf
 from keras_sideways import schedule
 
 MODES = ("sideways", "backprop")
+DEFAULT_TICK_CHUNK = 8
 POOLS = ("mean", None)
 
 
@@ -114,6 +115,12 @@ class SidewaysModel(keras.Model):
             pullback's cotangents for the window positions are summed into the one cotangent
             buffer of the stage below. Each stage still adds one tick of latency, so the tick
             schedule (validity, fill, target alignment) is unchanged.
+        tick_chunk: how many consecutive ticks each stage computes in one batched call
+            (``None``: 8, or 1 when a stage holds BatchNormalization, whose batch statistics
+            would otherwise mix ticks). The updates are the same for any value (the weights are
+            fixed between updates, so a stage's C ticks are independent given the carried
+            buffers); larger chunks trade memory (it grows with C, never with T) for speed on
+            one device. 1 is the literal per-tick pipeline.
         **kwargs: passed to `keras.Model` (e.g. ``name``).
     """
 
@@ -126,6 +133,7 @@ class SidewaysModel(keras.Model):
         update_every: int | None = None,
         stage_devices: Sequence[str] | None = None,
         temporal_windows: Sequence[int] | None = None,
+        tick_chunk: int | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -164,10 +172,15 @@ class SidewaysModel(keras.Model):
         self.update_every = update_every
         self.stage_devices = _check_stage_devices(stage_devices, len(self.stages))
         self.temporal_windows = _check_temporal_windows(temporal_windows, len(self.stages))
+        if tick_chunk is not None and (
+            isinstance(tick_chunk, bool) or not isinstance(tick_chunk, int) or tick_chunk < 1
+        ):
+            raise ValueError(f"`tick_chunk` must be a positive int or None, got {tick_chunk!r}.")
+        self.tick_chunk = tick_chunk
         self._stage_output_shapes: list[tuple[int | None, ...]] = []
         self._stage_output_dtypes: list[str] = []
         self._buffers: _StreamBuffers | None = None
-        self._ticks_per_iteration = 1
+
         self._stream_batch_size: int | None = None
 
     # ------------------------------------------------------------------ structure
@@ -223,6 +236,7 @@ class SidewaysModel(keras.Model):
                 "update_every": self.update_every,
                 "stage_devices": self.stage_devices,
                 "temporal_windows": self.temporal_windows,
+                "tick_chunk": self.tick_chunk,
             }
         )
         return config
@@ -697,6 +711,11 @@ class SidewaysModel(keras.Model):
             histories[str(k)] = stacked[:, 1:]
         return inputs, histories
 
+    def _stage_variable_positions(self, variables: Sequence[Any]) -> list[list[int]]:
+        """For every stage, the positions of its trainable variables in ``variables``."""
+        position = {id(v): i for i, v in enumerate(variables)}
+        return [[position[id(v)] for v in stage.trainable_variables] for stage in self.stages]
+
     def _stage_means(self, accumulators: list, counts: tf.Tensor, owner: list[int]) -> list:
         divisors = tf.maximum(counts, 1.0)
         return [
@@ -724,6 +743,27 @@ class SidewaysModel(keras.Model):
             # cannot sit inside a conditional, so an empty stateful chunk applies zeros there.
             apply()
 
+    def _chunk_size(self, num_frames: int | None) -> int:
+        """Ticks computed together per loop iteration (see ``tick_chunk``)."""
+        if self.tick_chunk is not None:
+            chunk = self.tick_chunk
+        elif any(
+            isinstance(layer, keras.layers.BatchNormalization)
+            for stage in self.stages
+            for layer in stage._flatten_layers()
+        ):
+            # Batch statistics would mix the frames of different ticks: keep one tick per call.
+            chunk = 1
+        else:
+            chunk = DEFAULT_TICK_CHUNK
+        if num_frames is not None:
+            chunk = min(chunk, num_frames)
+        if self.update_every is not None:
+            # Weights change every u ticks, so a chunk must not straddle an update.
+            chunk = max(d for d in range(1, min(chunk, self.update_every) + 1)
+                        if self.update_every % d == 0)
+        return chunk
+
     def _sideways_pass(
         self,
         clips: tf.Tensor,
@@ -734,24 +774,26 @@ class SidewaysModel(keras.Model):
         update_metrics: bool = False,
         apply_within: bool = False,
     ) -> dict[str, Any]:
-        """Run the clip tick by tick (DESIGN.md §2) in a `tf.while_loop`.
+        """Run the clip tick by tick (DESIGN.md §2), C ticks per `tf.while_loop` iteration.
 
-        The loop body is traced once, so the graph size does not depend on T. Each tick runs all
-        K stages on the state of the previous tick (they are independent, so TensorFlow may run
-        them concurrently), pulls back the loss at the top and the one-tick-old cotangents below
-        in a single gradient call, and shifts activations up and cotangents down by one stage.
+        Within a step the weights are fixed (between updates), so the ticks of one chunk can be
+        computed stage by stage instead of tick by tick, with every stage's C ticks batched:
+        bottom-up, stage k's inputs for ticks t0…t0+C-1 are the activation carried from tick
+        t0-1 followed by stage k-1's outputs at ticks t0…t0+C-2; top-down, its cotangents are
+        the one carried from tick t0-1 followed by stage k+1's input cotangents at ticks
+        t0…t0+C-2. That is exactly the per-tick recurrence (each stage meets each frame once,
+        at the same tick, with the same cotangent), with larger batches per call; memory grows
+        with C, not with T. C = 1 is the literal per-tick pipeline. The loop body is traced
+        once (plus a one-tick tail loop for T mod C), so the graph does not grow with T.
         """
         num_stages = self.num_stages
         variables = list(self.trainable_variables)
         owner = self._stage_divisor_index(variables)
+        positions = self._stage_variable_positions(variables)
         # Static where known: loop variables keep the batch dimension across iterations.
         batch = clips.shape[0] if clips.shape[0] is not None else tf.shape(clips)[0]
         num_frames = tf.shape(clips)[1]
-
-        # Frames, targets and weights are read per tick straight from the batch: a time-major
-        # copy of the clip would make the step's memory grow with T.
-        def frame_of(i: Any) -> tf.Tensor:
-            return tf.gather(clips, i, axis=1)
+        chunk = self._chunk_size(clips.shape[1])
 
         def target_of(i: Any) -> tf.Tensor:
             return targets if self.pool == "mean" else tf.gather(targets, i, axis=1)
@@ -762,6 +804,12 @@ class SidewaysModel(keras.Model):
             if sample_weight.shape.rank == 1:
                 return sample_weight
             return tf.gather(sample_weight, i, axis=1)
+
+        def chunk_of(tensor: Any, per_clip: Any, i: Any, size: int) -> tf.Tensor:
+            """Frames (or their targets, weights) of ticks i … i+size-1, as (B, size, …)."""
+            if per_clip is not None:
+                return tf.repeat(per_clip[:, None], size, axis=1)
+            return tf.gather(tensor, i + tf.range(size), axis=1)
 
         state0 = self._initial_state(batch, target_of(0), weight_of(0))
         accumulators0 = [tf.zeros(v.shape, v.dtype) for v in variables]
@@ -775,70 +823,129 @@ class SidewaysModel(keras.Model):
             self._apply_if_any(gradients, counts, may_be_empty=True)
             return [tf.zeros_like(a) for a in accumulators], tf.zeros_like(counts)
 
-        def body(i, state, accumulators, counts, loss_sum, loss_count, tick_losses):
-            tick = state["tick"]
-            new_target, new_weight = target_of(i), weight_of(i)
-            if num_stages > 1:
-                top_target, top_weight = state["targets"][-1], state["weights"][-1]
-            else:
-                top_target, top_weight = new_target, new_weight
-            inputs, histories = self._stage_inputs(frame_of(i), state)
-            with tf.GradientTape() as tape:
-                tape.watch(inputs[1:])
-                outputs = []
+        def run_chunk(size: int) -> Any:
+            def body(i, state, accumulators, counts, loss_sum, loss_count, tick_losses):
+                ticks = state["tick"] + tf.range(size)
+                # Targets and weights travel with their frames: the top output at tick t
+                # belongs to frame t-(K-1), so the last K-1 of them are carried over.
+                new_targets = chunk_of(targets, targets if self.pool == "mean" else None, i, size)
+                new_weights = chunk_of(
+                    sample_weight, weight_of(0) if sample_weight is None
+                    or sample_weight.shape.rank == 1 else None, i, size,
+                )
+                if num_stages > 1:
+                    all_targets = tf.concat([tf.stack(state["targets"][::-1], 1), new_targets], 1)
+                    all_weights = tf.concat([tf.stack(state["weights"][::-1], 1), new_weights], 1)
+                else:
+                    all_targets, all_weights = new_targets, new_weights
+                top_valid = schedule.output_valid(num_stages, ticks)
+
+                # Bottom-up forward, one batched call per stage.
+                tapes, stage_inputs, outputs, activations, histories = [], [], [], [], {}
+                flat_outputs = []  # as recorded on each stage's tape, the pullback's target
+                newest = tf.gather(clips, i + tf.range(size), axis=1)
                 for k, stage in enumerate(self.stages):
+                    if k > 0:
+                        carried = state["activations"][k - 1][:, None]
+                        newest = tf.concat([carried, outputs[k - 1][:, :-1]], axis=1)
+                        activations.append(outputs[k - 1][:, -1])
+                    window = self.temporal_windows[k]
+                    inputs = newest
+                    if window > 1:
+                        inputs, histories[str(k)] = _chunk_windows(
+                            state["histories"][str(k)], newest, window,
+                            first=schedule.first_valid_input_tick(k) - state["tick"],
+                        )
+                    flat = _merge_time(inputs)
+                    with self._device(k), tf.GradientTape() as tape:
+                        tape.watch(flat)
+                        flat_output = stage(flat, training=True)
+                        output = _split_time(flat_output, inputs)
+                        if k == num_stages - 1:
+                            self._check_no_call_losses()
+                            # One compiled-loss call per tick: exact for any loss reduction.
+                            frame_losses = tf.stack([
+                                self._frame_loss(all_targets[:, j], output[:, j],
+                                                 all_weights[:, j])
+                                for j in range(size)
+                            ])
+                            objective = tf.where(top_valid, frame_losses, 0.0)
+                            objective = tf.reduce_sum(objective) * loss_scale
+                    tapes.append(tape)
+                    stage_inputs.append(flat)
+                    flat_outputs.append(flat_output)
+                    outputs.append(output)
+                top = outputs[-1]
+
+                # Top-down pullbacks: the top's exact cotangent, then one tick old ones below.
+                gradients = [None] * len(variables)
+                cotangents = [None] * (num_stages - 1)
+                below = None
+                for k in reversed(range(num_stages)):
+                    sources = [stage_inputs[k]] if k > 0 else []
+                    sources += [variables[p] for p in positions[k]]
                     with self._device(k):
-                        outputs.append(stage(inputs[k], training=True))
-                self._check_no_call_losses()
-                top_valid = schedule.output_valid(num_stages, tick)
-                frame_loss = self._frame_loss(top_target, outputs[-1], top_weight)
-                objective = tf.where(top_valid, frame_loss, 0.0) * loss_scale
-                for k in range(num_stages - 1):
-                    # <e_k, f_k(in_k)>: its gradient is stage k's pullback of the cotangent that
-                    # stage k+1 produced one tick ago, at the current input.
-                    product = tf.reduce_sum(outputs[k] * tf.stop_gradient(state["cotangents"][k]))
-                    objective += tf.cast(product, tf.float32)
-            gradients = _gradient(tape, objective, variables + inputs[1:])
-            parameter_gradients = gradients[: len(variables)]
-            cotangents = []
-            for k, input_gradient in enumerate(gradients[len(variables):], start=1):
-                if self.temporal_windows[k] > 1:
-                    # One cotangent per window position; Sideways sums them into the one
-                    # cotangent buffer of the stage below (it keeps no older activations).
-                    input_gradient = tf.reduce_sum(input_gradient, axis=1)
-                cotangents.append(input_gradient)
-            # Invalid cotangents are exactly zero (zero buffers, zero top loss, and pullbacks are
-            # linear), so they add nothing; the counts follow the schedule.
-            valid = tf.stack(
-                [schedule.cotangent_valid(num_stages, k, tick) for k in range(num_stages)]
-            )
-            counts = counts + tf.cast(valid, tf.float32)
-            accumulators = [a + g for a, g in zip(accumulators, parameter_gradients, strict=True)]
-            reported = frame_loss * replicas
-            loss_sum += tf.where(top_valid, reported, 0.0)
-            loss_count += tf.cast(top_valid, tf.float32)
-            tick_losses = tick_losses.write(i, tf.where(top_valid, reported, math.nan))
-            if update_metrics and self._compile_metrics is not None:
-                mask = tf.cast(top_valid, tf.float32) * top_weight
-                self._compile_metrics.update_state(top_target, outputs[-1], mask)
-            if apply_within:
-                due = tf.logical_or(
-                    tf.equal((i + 1) % self.update_every, 0), tf.equal(i + 1, num_frames)
+                        if k == num_stages - 1:
+                            result = _gradient(tapes[k], objective, sources)
+                        else:
+                            carried = state["cotangents"][k][:, None]
+                            cotangent = tf.concat([carried, below[:, :-1]], axis=1)
+                            cotangents[k] = below[:, -1]
+                            result = _gradient(
+                                tapes[k], flat_outputs[k], sources,
+                                output_gradients=_merge_time(cotangent),
+                            )
+                    if k > 0:
+                        below = _split_time(result[0], outputs[k])
+                        if self.temporal_windows[k] > 1:
+                            # One cotangent per window position, summed into the one buffer
+                            # of the stage below (Sideways keeps no older activations).
+                            below = tf.reduce_sum(below, axis=2)
+                        result = result[1:]
+                    for p, g in zip(positions[k], result, strict=True):
+                        gradients[p] = g
+                accumulators = [a + g for a, g in zip(accumulators, gradients, strict=True)]
+                # Invalid cotangents are exactly zero (zero buffers, masked top loss, linear
+                # pullbacks), so they add nothing; the counts follow the schedule.
+                counts = counts + tf.stack([
+                    tf.reduce_sum(tf.cast(schedule.cotangent_valid(num_stages, k, ticks),
+                                          tf.float32))
+                    for k in range(num_stages)
+                ])
+                reported = frame_losses * replicas
+                loss_sum += tf.reduce_sum(tf.where(top_valid, reported, 0.0))
+                loss_count += tf.reduce_sum(tf.cast(top_valid, tf.float32))
+                tick_losses = tick_losses.scatter(
+                    i + tf.range(size), tf.where(top_valid, reported, math.nan)
                 )
-                accumulators, counts = tf.cond(
-                    due,
-                    lambda: apply_means(accumulators, counts),
-                    lambda: (accumulators, counts),
-                )
-            state = {
-                "tick": tick + 1,
-                "activations": outputs[:-1],
-                "cotangents": cotangents,
-                "histories": histories,
-                "targets": ([new_target] + list(state["targets"]))[: num_stages - 1],
-                "weights": ([new_weight] + list(state["weights"]))[: num_stages - 1],
-            }
-            return i + 1, state, accumulators, counts, loss_sum, loss_count, tick_losses
+                if update_metrics and self._compile_metrics is not None:
+                    top_targets = all_targets[:, :size]
+                    mask = tf.cast(top_valid, tf.float32)[None, :] * all_weights[:, :size]
+                    self._compile_metrics.update_state(
+                        _merge_time(top_targets), _merge_time(top), tf.reshape(mask, [-1])
+                    )
+                if apply_within:
+                    done = i + size
+                    due = tf.logical_or(
+                        tf.equal(done % self.update_every, 0), tf.equal(done, num_frames)
+                    )
+                    accumulators, counts = tf.cond(
+                        due,
+                        lambda: apply_means(accumulators, counts),
+                        lambda: (accumulators, counts),
+                    )
+                keep = num_stages - 1
+                state = {
+                    "tick": state["tick"] + size,
+                    "activations": activations,
+                    "cotangents": cotangents,
+                    "histories": histories,
+                    "targets": [all_targets[:, -1 - j] for j in range(keep)],
+                    "weights": [all_weights[:, -1 - j] for j in range(keep)],
+                }
+                return i + size, state, accumulators, counts, loss_sum, loss_count, tick_losses
+
+            return body
 
         loop_vars = (
             tf.constant(0),
@@ -849,20 +956,12 @@ class SidewaysModel(keras.Model):
             tf.constant(0.0),
             tf.TensorArray(tf.float32, size=num_frames),
         )
-        unroll = self._ticks_per_iteration
-        if unroll > 1:
-            # Several ticks per loop iteration cut the loop's per-iteration overhead; the graph
-            # holds `unroll` + 1 tick bodies whatever T is. The tail loop runs the remainder.
-            def unrolled(*loop_vars: Any) -> tuple:
-                for _ in range(unroll):
-                    loop_vars = body(*loop_vars)
-                return loop_vars
-
+        if chunk > 1:
             loop_vars = tf.while_loop(
-                lambda i, *_: i + unroll <= num_frames, unrolled, loop_vars
+                lambda i, *_: i + chunk <= num_frames, run_chunk(chunk), loop_vars
             )
         _, state, accumulators, counts, loss_sum, loss_count, tick_losses = tf.while_loop(
-            lambda i, *_: i < num_frames, body, loop_vars
+            lambda i, *_: i < num_frames, run_chunk(1), loop_vars
         )
         if self.stateful:
             self._save_state(state)
@@ -887,10 +986,11 @@ class SidewaysModel(keras.Model):
 # ---------------------------------------------------------------------- tensor helpers
 
 
-def _gradient(tape: tf.GradientTape, target: tf.Tensor, sources: Sequence[Any]) -> list[Any]:
+def _gradient(tape: tf.GradientTape, target: tf.Tensor, sources: Sequence[Any],
+              output_gradients: Any = None) -> list[Any]:
     """`tape.gradient` with zeros for unconnected sources (Keras variables' dtype is a string,
     which `UnconnectedGradients.ZERO` cannot use)."""
-    gradients = tape.gradient(target, list(sources))
+    gradients = tape.gradient(target, list(sources), output_gradients=output_gradients)
     return [
         tf.zeros(s.shape, s.dtype) if g is None else g
         for g, s in zip(gradients, sources, strict=True)
@@ -932,6 +1032,24 @@ def _causal_windows(sequence: tf.Tensor, window: int) -> tf.Tensor:
     offsets = tf.range(window) - (window - 1)
     indices = tf.maximum(tf.range(num_frames)[:, None] + offsets[None, :], 0)
     return tf.gather(sequence, indices, axis=1)
+
+
+def _chunk_windows(
+    history: tf.Tensor, newest: tf.Tensor, window: int, first: Any
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Windows for C consecutive ticks, and the history to carry to the next chunk.
+
+    ``history`` (B, w-1, …) holds the elements of the w-1 ticks before the chunk, ``newest``
+    (B, C, …) one element per tick of the chunk; ``first`` is the chunk-relative tick of the
+    stage's first real element. Elements older than it are edge-padded with it, as at a stream
+    start. Returns windows (B, C, w, …), oldest first, and the last w-1 elements.
+    """
+    size = newest.shape[1]
+    elements = tf.concat([history, newest], axis=1)
+    positions = tf.range(size)[:, None] + tf.range(window)[None, :]
+    newest_position = tf.range(size)[:, None] + (window - 1)
+    positions = tf.minimum(tf.maximum(positions, first + window - 1), newest_position)
+    return tf.gather(elements, positions, axis=1), elements[:, size:]
 
 
 def _check_temporal_windows(windows: Sequence[int] | None, num_stages: int) -> list[int]:

@@ -314,3 +314,16 @@ def test_unknown_clip_length_is_checked_at_run_time():
     traced(tf.zeros([2, 5, 5]), tf.zeros([2, 2]))
     with pytest.raises(tf.errors.InvalidArgumentError, match="at least 2K-1=5 frames"):
         traced(tf.zeros([2, 4, 5]), tf.zeros([2, 2]))
+
+
+def test_stages_with_batch_normalization_run_one_tick_per_call():
+    """Batch statistics must not mix ticks: the default chunk falls back to one tick."""
+    stages = [keras.Sequential([keras.layers.Dense(4), keras.layers.BatchNormalization()]),
+              keras.layers.Dense(2)]
+    model = SidewaysModel(stages)
+    assert model._chunk_size(16) == 1
+    assert SidewaysModel(dense_stages(2, 2))._chunk_size(16) == 8
+    assert SidewaysModel(dense_stages(2, 2), update_every=6)._chunk_size(16) == 6
+    assert SidewaysModel(dense_stages(2, 2), tick_chunk=4, update_every=6)._chunk_size(16) == 3
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(np.ones((4, 5, 3), "float32"), np.zeros((4, 2), "float32"), verbose=0)

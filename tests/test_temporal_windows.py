@@ -62,9 +62,10 @@ def reference_stages(model: SidewaysModel) -> list[numpy_reference.DenseStage]:
         ([4, 1, 3, 2], 11, "mse", False),
     ],
 )
-def test_windows_match_the_numpy_reference(windows, num_frames, loss, per_frame):
+@pytest.mark.parametrize("tick_chunk", [1, 2, None])
+def test_windows_match_the_numpy_reference(windows, num_frames, loss, per_frame, tick_chunk):
     rng = np.random.default_rng(len(windows) * 10 + num_frames)
-    model = build(windows, 3, loss, pool=None if per_frame else "mean")
+    model = build(windows, 3, loss, pool=None if per_frame else "mean", tick_chunk=tick_chunk)
     clips, targets = make_batch(rng, 3, num_frames, 3, loss, per_frame)
     gradients, details = model.compute_gradients(clips, targets, return_details=True)
     means, counts, tick_losses = numpy_reference.sideways_gradients(
@@ -122,7 +123,7 @@ def test_stateful_chunks_carry_the_window_histories():
     rng = np.random.default_rng(6)
     clips, targets = make_batch(rng, 2, 9, 2, "mse", per_frame=True)
     one_pass = build([2, 3], 2, "mse", pool=None)
-    streaming = build([2, 3], 2, "mse", pool=None, stateful=True)
+    streaming = build([2, 3], 2, "mse", pool=None, stateful=True, tick_chunk=2)
     for model in (one_pass, streaming):
         model.build(clips.shape)
     streaming.set_weights(one_pass.get_weights())
