@@ -14,6 +14,7 @@ from keras_sideways import schedule
 
 MODES = ("sideways", "backprop")
 DEFAULT_TICK_CHUNK = 8
+PARALLEL_ITERATIONS = 1
 POOLS = ("mean", None)
 
 
@@ -177,6 +178,7 @@ class SidewaysModel(keras.Model):
         ):
             raise ValueError(f"`tick_chunk` must be a positive int or None, got {tick_chunk!r}.")
         self.tick_chunk = tick_chunk
+        self._parallel_iterations = PARALLEL_ITERATIONS
         self._stage_output_shapes: list[tuple[int | None, ...]] = []
         self._stage_output_dtypes: list[str] = []
         self._buffers: _StreamBuffers | None = None
@@ -956,12 +958,19 @@ class SidewaysModel(keras.Model):
             tf.constant(0.0),
             tf.TensorArray(tf.float32, size=num_frames),
         )
+        # Parts of later iterations that do not depend on the carried state (reading the next
+        # frames, stage 0's forward and pullback) would otherwise run ahead of the current one
+        # (TensorFlow's default is 10 iterations in flight), so the step's memory would grow
+        # with T. One at a time measured as fast here; the stages of a chunk still overlap.
+        iterations = self._parallel_iterations
         if chunk > 1:
             loop_vars = tf.while_loop(
-                lambda i, *_: i + chunk <= num_frames, run_chunk(chunk), loop_vars
+                lambda i, *_: i + chunk <= num_frames, run_chunk(chunk), loop_vars,
+                parallel_iterations=iterations,
             )
         _, state, accumulators, counts, loss_sum, loss_count, tick_losses = tf.while_loop(
-            lambda i, *_: i < num_frames, run_chunk(1), loop_vars
+            lambda i, *_: i < num_frames, run_chunk(1), loop_vars,
+            parallel_iterations=iterations,
         )
         if self.stateful:
             self._save_state(state)

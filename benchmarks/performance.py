@@ -1,0 +1,274 @@
+"""Sideways vs backprop on one machine: throughput, memory, trace time, depth parallelism, input.
+
+Every figure that is compared is measured in this one process, configurations alternating, so
+that the ratios hold on a shared, noisy machine. Writes JSON and prints a table per section.
+
+    python benchmarks/performance.py                       # all sections
+    python benchmarks/performance.py --sections throughput,memory --output out.json
+
+Sections:
+- ``throughput``: training frames/s, both modes, T in {16, 64}, same stages/data/process; and the
+  Sideways tick chunk (``tick_chunk``) as a knob.
+- ``memory``: peak memory of one training step beyond what was allocated before it (the input
+  clip is allocated before, so it is excluded), T in {16, 64, 128}.
+- ``trace``: first-step time (trace + one step) vs T.
+- ``depth``: per-stage forward+pullback time per tick, and the modeled throughput on K devices
+  (Sideways: a tick costs the slowest stage; backprop streamed frame by frame: the sum of all
+  stages), for the reference models as shipped and after `split_sequential` balancing.
+- ``input``: the fraction of a training step that waits on real video decoding in the example's
+  pipeline (`video_dataset_from_directory` over the synthetic mp4 set): step time fed from the
+  dataset vs fed the same batches from memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_sideways import SidewaysModel, models  # noqa: E402
+from keras_sideways.partition import (  # noqa: E402
+    balanced_partition,
+    measure_costs,
+    modeled_speedup,
+    stage_costs,
+)
+
+IMAGE = 64
+CLASSES = 4
+
+
+def reference_model(mode: str, **kwargs: Any) -> SidewaysModel:
+    """The example's temporal reference model (64×64 frames, 3 stages, windows 3-2-1)."""
+    net = models.temporal_cnn_classifier(CLASSES)
+    model = net.build_model(mode=mode, **kwargs)
+    model.compile(optimizer="adam",
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def clip_batch(num_frames: int, batch_size: int, seed: int = 0) -> tuple[tf.Tensor, tf.Tensor]:
+    rng = np.random.default_rng(seed)
+    clips = rng.uniform(size=(batch_size, num_frames, IMAGE, IMAGE, 3)).astype("float32")
+    return tf.constant(clips), tf.constant(rng.integers(0, CLASSES, size=batch_size))
+
+
+def timed_steps(model: SidewaysModel, data: tuple, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(*data)
+    return time.perf_counter() - start
+
+
+def throughput(batch_size: int, steps: int, repeats: int) -> dict[str, Any]:
+    configs = [("backprop", None), ("sideways", None), ("sideways", 1), ("sideways", 16)]
+    runs: dict[tuple, tuple] = {}
+    for num_frames in (16, 64):
+        data = clip_batch(num_frames, batch_size)
+        for mode, chunk in configs:
+            keras.utils.set_random_seed(0)
+            model = reference_model(mode, **({"tick_chunk": chunk} if chunk else {}))
+            model.train_on_batch(*data)  # trace outside the timing
+            runs[(mode, chunk, num_frames)] = (model, data)
+    samples: dict[tuple, list[float]] = {key: [] for key in runs}
+    for _ in range(repeats):
+        for key, (model, data) in runs.items():
+            seconds = timed_steps(model, data, steps)
+            samples[key].append(steps * batch_size * key[2] / seconds)
+    rates = {key: statistics.median(values) for key, values in samples.items()}
+    table = {
+        f"{mode}{'' if chunk is None else f'_chunk{chunk}'}_T{t}": rate
+        for (mode, chunk, t), rate in rates.items()
+    }
+    ratios = {
+        f"T{t}": rates[("sideways", None, t)] / rates[("backprop", None, t)] for t in (16, 64)
+    }
+    print("\nTraining throughput (frames/s, median of repeats)")
+    print(f"{'configuration':<28}{'T=16':>10}{'T=64':>10}")
+    for mode, chunk in configs:
+        name = mode + ("" if chunk is None else f" (tick_chunk={chunk})")
+        print(f"{name:<28}{rates[(mode, chunk, 16)]:>10.1f}{rates[(mode, chunk, 64)]:>10.1f}")
+    print("sideways/backprop: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    return {"frames_per_second": table, "ratio_sideways_over_backprop": ratios,
+            "batch_size": batch_size}
+
+
+def peak_step_bytes(model: SidewaysModel, data: tuple) -> int:
+    model.train_on_batch(*data)  # trace and allocate optimizer state first
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    model.train_on_batch(*data)
+    return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+
+
+def memory(batch_size: int) -> dict[str, Any]:
+    peaks: dict[str, dict[int, int]] = {"sideways": {}, "backprop": {}}
+    for num_frames in (16, 64, 128):
+        data = clip_batch(num_frames, batch_size)
+        for mode in peaks:
+            peaks[mode][num_frames] = peak_step_bytes(reference_model(mode), data)
+        del data
+    ratios = {
+        "sideways_T128_over_T16": peaks["sideways"][128] / peaks["sideways"][16],
+        "backprop_T128_over_T16": peaks["backprop"][128] / peaks["backprop"][16],
+        "sideways_over_backprop_T64": peaks["sideways"][64] / peaks["backprop"][64],
+    }
+    print("\nPeak step memory beyond the input (MiB)")
+    print(f"{'mode':<10}" + "".join(f"{f'T={t}':>10}" for t in (16, 64, 128)))
+    for mode, values in peaks.items():
+        print(f"{mode:<10}" + "".join(f"{values[t] / 2**20:>10.1f}" for t in (16, 64, 128)))
+    print(", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+    return {"peak_bytes": {m: {f"T{t}": v for t, v in p.items()} for m, p in peaks.items()},
+            "ratios": ratios, "batch_size": batch_size}
+
+
+def trace(batch_size: int) -> dict[str, Any]:
+    seconds: dict[str, dict[int, float]] = {"sideways": {}, "backprop": {}}
+    reference_model("sideways").train_on_batch(*clip_batch(6, 2))  # runtime warm-up
+    for num_frames in (16, 64, 128):
+        data = clip_batch(num_frames, batch_size)
+        for mode in seconds:
+            model = reference_model(mode)
+            start = time.perf_counter()
+            model.train_on_batch(*data)
+            seconds[mode][num_frames] = time.perf_counter() - start
+    ratios = {f"{m}_T64_over_T16": s[64] / s[16] for m, s in seconds.items()}
+    print("\nFirst step (trace + one step) seconds")
+    print(f"{'mode':<10}" + "".join(f"{f'T={t}':>10}" for t in (16, 64, 128)))
+    for mode, values in seconds.items():
+        print(f"{mode:<10}" + "".join(f"{values[t]:>10.2f}" for t in (16, 64, 128)))
+    print(", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+    return {"seconds": {m: {f"T{t}": v for t, v in s.items()} for m, s in seconds.items()},
+            "ratios": ratios}
+
+
+def _layers_of(stages: list[keras.layers.Layer]) -> list[keras.layers.Layer]:
+    layers = []
+    for stage in stages:
+        layers.extend(stage.layers if isinstance(stage, keras.Sequential) else [stage])
+    return layers
+
+
+def depth(batch_size: int) -> dict[str, Any]:
+    """Per-stage costs of per-frame reference networks, as shipped and re-balanced."""
+    results = {}
+    networks = {
+        "frame_cnn_classifier": models.frame_cnn_classifier(CLASSES),
+        "frame_cnn_classifier_extra_conv": models.frame_cnn_classifier(
+            CLASSES, filters=(16, 32, 64, 64), extra_conv=True),
+        "frame_autoencoder": models.frame_autoencoder(filters=(16, 32, 64)),
+    }
+    print("\nDepth parallelism (modeled from measured per-tick stage costs)")
+    print(f"{'network':<34}{'K':>3}{'as shipped':>12}{'balanced':>10}{'target':>8}")
+    for name, net in networks.items():
+        layers = _layers_of(net.stages)
+        # Layer costs measured once; groupings are then evaluated on the same numbers.
+        layer_costs = measure_costs(layers, (IMAGE, IMAGE, 3), batch_size=batch_size)
+        shipped_bounds, start = [], 0
+        for stage in net.stages:
+            start += len(stage.layers) if isinstance(stage, keras.Sequential) else 1
+            shipped_bounds.append(start)
+        shipped = stage_costs(layer_costs, shipped_bounds[:-1])
+        entry: dict[str, Any] = {"layer_seconds": layer_costs, "stages": {}}
+        counts = sorted({net.num_stages, 2, 3})
+        for num_stages in counts:
+            if num_stages > len(layers):
+                continue
+            balanced = stage_costs(layer_costs, balanced_partition(layer_costs, num_stages))
+            as_shipped = modeled_speedup(shipped) if num_stages == net.num_stages else None
+            entry["stages"][f"K{num_stages}"] = {
+                "balanced_stage_seconds": balanced,
+                "modeled_speedup_balanced": modeled_speedup(balanced),
+                "modeled_speedup_as_shipped": as_shipped,
+                "target": 0.9 * num_stages,
+            }
+            shown = "-" if as_shipped is None else f"{as_shipped:.2f}"
+            print(f"{name:<34}{num_stages:>3}{shown:>12}{modeled_speedup(balanced):>10.2f}"
+                  f"{0.9 * num_stages:>8.2f}")
+        results[name] = entry
+    return results
+
+
+def input_wait(batch_size: int, steps: int) -> dict[str, Any]:
+    from keras_sideways.data import video_dataset_from_directory, write_synthetic_actions
+
+    with tempfile.TemporaryDirectory() as directory:
+        write_synthetic_actions(directory, videos_per_class=16, num_frames=32,
+                                image_size=(IMAGE, IMAGE), seed=0)
+        dataset = video_dataset_from_directory(
+            directory, batch_size=batch_size, num_frames=16, image_size=(IMAGE, IMAGE),
+            shuffle=True, seed=0,
+        ).repeat()
+        model = reference_model("sideways")
+        iterator = iter(dataset)
+        batches = [next(iterator) for _ in range(steps)]
+        model.train_on_batch(*batches[0])
+        from_memory = []
+        for batch in batches:
+            start = time.perf_counter()
+            model.train_on_batch(*batch)
+            from_memory.append(time.perf_counter() - start)
+        # fit pulls from the dataset itself, decoding in parallel with the steps (prefetch).
+        start = time.perf_counter()
+        model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+        from_dataset = (time.perf_counter() - start) / steps
+    per_step = statistics.median(from_memory)
+    wait = max(0.0, from_dataset - per_step) / from_dataset
+    print("\nInput wait (example pipeline: mp4 decode with PyAV, 16 frames of 64×64)")
+    print(f"step from memory {per_step * 1000:.0f} ms, from the dataset {from_dataset * 1000:.0f}"
+          f" ms: waiting {100 * wait:.1f}% of step time (target <= 5%)")
+    return {"step_seconds_from_memory": per_step, "step_seconds_from_dataset": from_dataset,
+            "wait_fraction": wait}
+
+
+SECTIONS = {"throughput": throughput, "memory": memory, "trace": trace, "depth": depth,
+            "input": input_wait}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--output", default="benchmarks/results/performance.json")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {sorted(SECTIONS)}")
+    results: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "tensorflow": tf.__version__, "keras": keras.__version__,
+                    "load_average": os.getloadavg()},
+        "model": "models.temporal_cnn_classifier(4): 3 stages, windows 3-2-1, 64x64 frames",
+    }
+    for section in chosen:
+        function = SECTIONS[section]
+        if section == "throughput":
+            results[section] = function(args.batch_size, args.steps, args.repeats)
+        elif section == "input":
+            results[section] = function(args.batch_size, 12)
+        else:
+            results[section] = function(args.batch_size)
+    path = Path(args.output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
