@@ -11,6 +11,7 @@ import keras
 import tensorflow as tf
 
 from keras_sideways import schedule
+from keras_sideways.distribute import MultiWorkerFitMixin
 
 MODES = ("sideways", "backprop")
 DEFAULT_TICK_CHUNK = 8
@@ -73,7 +74,7 @@ class _StreamBuffers:
 
 
 @keras.saving.register_keras_serializable(package="keras_sideways")
-class SidewaysModel(keras.Model):
+class SidewaysModel(MultiWorkerFitMixin, keras.Model):
     """A video model trained frame by frame with Sideways (or exact backprop as a baseline).
 
     The network is a list of K stages. With ``mode="sideways"`` one `train_step` runs the clip
@@ -246,11 +247,29 @@ class SidewaysModel(keras.Model):
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> SidewaysModel:
         config = dict(config)
-        config["stages"] = [
-            keras.saving.deserialize_keras_object(s, custom_objects=custom_objects)
-            for s in config["stages"]
-        ]
+        # A serialized stage carries its build config, so deserializing it creates its
+        # variables: do it on the stage's device, or a reloaded model loses its placement.
+        devices = config.get("stage_devices") or [None] * len(config["stages"])
+        stages = []
+        for stage, device in zip(config["stages"], devices, strict=True):
+            with tf.device(device) if device else contextlib.nullcontext():
+                stages.append(
+                    keras.saving.deserialize_keras_object(stage, custom_objects=custom_objects)
+                )
+        config["stages"] = stages
         return cls(**config)
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        super().compile(*args, **kwargs)
+        if self.stage_devices is not None and self.optimizer is not None:
+            _place_slots_with_variables(self.optimizer)
+
+    def compile_from_config(self, config: dict[str, Any]) -> None:
+        # Keras skips compiling a model whose `compile` is overridden when loading it; this is
+        # Keras' own `compile_from_config`, right for ours (our `compile` only adds placement).
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
 
     # ------------------------------------------------------------------ exact forward
 
@@ -906,7 +925,12 @@ class SidewaysModel(keras.Model):
                         result = result[1:]
                     for p, g in zip(positions[k], result, strict=True):
                         gradients[p] = g
-                accumulators = [a + g for a, g in zip(accumulators, gradients, strict=True)]
+                # Sum each gradient where it was made: no parameter-sized transfer per tick.
+                accumulators = list(accumulators)
+                for k in range(num_stages):
+                    with self._device(k):
+                        for p in positions[k]:
+                            accumulators[p] = accumulators[p] + gradients[p]
                 # Invalid cotangents are exactly zero (zero buffers, masked top loss, linear
                 # pullbacks), so they add nothing; the counts follow the schedule.
                 counts = counts + tf.stack([
@@ -1109,3 +1133,18 @@ def _check_stage_devices(devices: Sequence[str] | None, num_stages: int) -> list
                 f"{names}."
             )
     return devices
+
+
+def _place_slots_with_variables(optimizer: keras.optimizers.Optimizer) -> None:
+    """Create every optimizer slot on its variable's device, whoever builds the optimizer.
+
+    Keras' TF optimizer colocates slots through the strategy's `colocate_vars_with`, a no-op for
+    eager creation, so without this all slots of a depth-parallel model land on one device.
+    """
+    original = optimizer.add_variable_from_reference
+
+    def placed(reference: Any, *args: Any, **kwargs: Any) -> Any:
+        with tf.device(getattr(reference, "value", reference).device):
+            return original(reference, *args, **kwargs)
+
+    optimizer.add_variable_from_reference = placed

@@ -125,8 +125,6 @@ def test_each_stage_pulls_back_on_its_device_every_tick():
 
 # Gaps found while writing these tests, reported to model.py's owner; `strict` makes each test
 # fail once the gap is closed, so that its marker is removed then.
-@pytest.mark.xfail(strict=True, reason="the tick loop sums parameter gradients into their "
-                   "accumulators outside any tf.device: a parameter-sized transfer every tick")
 def test_each_stage_accumulates_its_gradients_on_its_device():
     clips, targets = batch(8)
     model = make_model(DEVICES)
@@ -143,8 +141,6 @@ def test_each_stage_accumulates_its_gradients_on_its_device():
                 node.name, node.device)
 
 
-@pytest.mark.xfail(strict=True, reason="Keras builds optimizer slots eagerly, where its "
-                   "colocation with the variable is a no-op: slots land on the default device")
 def test_optimizer_slots_live_with_their_variables():
     clips, targets = batch(5)
     model = make_model(DEVICES)
@@ -172,9 +168,6 @@ def test_stage_devices_survive_config_and_keras_round_trip(tmp_path):
     assert loaded.stage_devices == DEVICES
 
 
-@pytest.mark.xfail(strict=True, reason="from_config deserializes (and so builds) the stages "
-                   "outside their tf.device: a reloaded model's variables sit on the default "
-                   "device")
 def test_reloaded_model_keeps_its_placement(tmp_path):
     clips, targets = batch(7)
     model = make_model(DEVICES)
