@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -247,6 +248,18 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> SidewaysModel:
         config = dict(config)
+        if config.get("stage_devices") is not None:
+            try:
+                _check_stage_devices(config["stage_devices"], len(config["stages"]))
+            except ValueError as error:
+                # A model trained with a GPU per stage must still load where it is served
+                # (often a CPU-only machine): keep the weights, drop the placement, say so.
+                warnings.warn(
+                    f"Loading without stage placement: {error} The stages run on the default "
+                    "device; pass `stage_devices` to a new model to place them.",
+                    stacklevel=2,
+                )
+                config["stage_devices"] = None
         # A serialized stage carries its build config, so deserializing it creates its
         # variables: do it on the stage's device, or a reloaded model loses its placement.
         devices = config.get("stage_devices") or [None] * len(config["stages"])

@@ -177,3 +177,14 @@ def test_reloaded_model_keeps_its_placement(tmp_path):
     for stage, device in zip(loaded.stages, DEVICES, strict=True):
         for variable in stage.weights:
             assert device_index(variable.value.device) == device_index(device), variable.path
+
+
+def test_config_with_devices_missing_here_loads_without_placement():
+    """A model placed on GPUs for training still loads on a CPU-only serving machine."""
+    config = make_model(DEVICES).get_config()
+    config["stage_devices"] = ["/GPU:0", "/GPU:1", "/GPU:2"]
+    with pytest.warns(UserWarning, match="Loading without stage placement.*'/GPU:0'"):
+        model = SidewaysModel.from_config(config)
+    assert model.stage_devices is None
+    clips, targets = batch(5)
+    assert model.predict(clips, verbose=0).shape[0] == clips.shape[0]
