@@ -577,20 +577,21 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
                 f"shape {sample_weight.shape}."
             )
 
-    def _stage_divisor_index(self, variables: Sequence[Any]) -> list[int]:
-        """For every trainable variable, the index of the stage that owns it."""
+    def _stage_variable_positions(self, variables: Sequence[Any]) -> list[list[int]]:
+        """For every stage, the positions of its trainable variables in ``variables``."""
         position = {id(v): i for i, v in enumerate(variables)}
-        owner = [-1] * len(variables)
+        positions, owner = [], {}
         for k, stage in enumerate(self.stages):
+            positions.append([])
             for v in stage.trainable_variables:
                 i = position[id(v)]
-                if owner[i] not in (-1, k):
+                if owner.setdefault(i, k) != k:
                     raise ValueError(
                         f"Variable {v.path} belongs to stages {owner[i]} and {k}; stages cannot "
                         "share weights (each stage's update is a mean over its own contributions)."
                     )
-                owner[i] = k
-        return owner
+                positions[k].append(i)
+        return positions
 
     def _frame_loss(self, targets: Any, outputs: tf.Tensor, sample_weight: Any) -> tf.Tensor:
         # The compiled loss (`CompileLoss`) is what Keras' own `compute_loss` uses; it already
@@ -745,17 +746,15 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
             histories[str(k)] = stacked[:, 1:]
         return inputs, histories
 
-    def _stage_variable_positions(self, variables: Sequence[Any]) -> list[list[int]]:
-        """For every stage, the positions of its trainable variables in ``variables``."""
-        position = {id(v): i for i, v in enumerate(variables)}
-        return [[position[id(v)] for v in stage.trainable_variables] for stage in self.stages]
-
-    def _stage_means(self, accumulators: list, counts: tf.Tensor, owner: list[int]) -> list:
+    def _stage_means(self, accumulators: list, counts: tf.Tensor,
+                     positions: list[list[int]]) -> list:
+        """Each stage's sums divided by its own number of valid contributions."""
+        means = list(accumulators)
         divisors = tf.maximum(counts, 1.0)
-        return [
-            acc / tf.cast(divisors[owner[i]], acc.dtype) if owner[i] >= 0 else acc
-            for i, acc in enumerate(accumulators)
-        ]
+        for k, stage_positions in enumerate(positions):
+            for p in stage_positions:
+                means[p] = accumulators[p] / tf.cast(divisors[k], accumulators[p].dtype)
+        return means
 
     def _apply_if_any(self, gradients: list, counts: tf.Tensor, may_be_empty: bool) -> None:
         """Apply an update, skipping it when no stage had a valid contribution.
@@ -822,7 +821,6 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
         """
         num_stages = self.num_stages
         variables = list(self.trainable_variables)
-        owner = self._stage_divisor_index(variables)
         positions = self._stage_variable_positions(variables)
         # Static where known: loop variables keep the batch dimension across iterations.
         batch = clips.shape[0] if clips.shape[0] is not None else tf.shape(clips)[0]
@@ -852,7 +850,7 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
 
         def apply_means(accumulators: list, counts: tf.Tensor) -> tuple[list, tf.Tensor]:
             _, regularization = self._regularization(variables, loss_scale)
-            means = self._stage_means(accumulators, counts, owner)
+            means = self._stage_means(accumulators, counts, positions)
             gradients = [m + r for m, r in zip(means, regularization, strict=True)]
             self._apply_if_any(gradients, counts, may_be_empty=True)
             return [tf.zeros_like(a) for a in accumulators], tf.zeros_like(counts)
@@ -1015,7 +1013,7 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
         if apply_within:
             gradients = [tf.zeros_like(a) for a in accumulators]
         else:
-            means = self._stage_means(accumulators, counts, owner)
+            means = self._stage_means(accumulators, counts, positions)
             gradients = [m + r for m, r in zip(means, regularization, strict=True)]
         mean_loss = tf.where(
             loss_count > 0, loss_sum / tf.maximum(loss_count, 1.0), tf.constant(math.nan)
