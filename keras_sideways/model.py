@@ -896,9 +896,13 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
                         if k == num_stages - 1:
                             self._check_no_call_losses()
                             # One compiled-loss call per tick: exact for any loss reduction.
+                            # Without user weights the loss gets none: implicit ones of shape
+                            # (B,) would not broadcast against per-pixel losses (B, H, W).
                             frame_losses = tf.stack([
-                                self._frame_loss(all_targets[:, j], output[:, j],
-                                                 all_weights[:, j])
+                                self._frame_loss(
+                                    all_targets[:, j], output[:, j],
+                                    None if sample_weight is None else all_weights[:, j],
+                                )
                                 for j in range(size)
                             ])
                             objective = tf.where(top_valid, frame_losses, 0.0)
