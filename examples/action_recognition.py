@@ -47,7 +47,7 @@ from keras_sideways.data import (  # noqa: E402
 MODES = ("sideways", "backprop")
 # Bump when the generated data set changes, so that old caches are not reused.
 SYNTHETIC_CACHE_VERSION = 1
-SYNTHETIC_VIDEO_FRAMES = 24  # frames per generated video; training clips start at random
+SYNTHETIC_VIDEO_FRAMES = 24  # frames per generated video (at least); clips start at random
 
 
 class UsageError(Exception):
@@ -60,8 +60,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--data", metavar="DIR", help="a folder of class subfolders of videos "
-                      "(default: the synthetic motion data set, generated into --cache-dir)")
+    data.add_argument("--data", metavar="DIR", help="a folder of class subfolders of videos; "
+                      "if not given, the synthetic motion data set in --cache-dir")
     data.add_argument("--cache-dir", metavar="DIR",
                       default=os.path.join(os.path.expanduser("~"), ".cache", "keras-sideways"),
                       help="where the synthetic data set is written and reused")
@@ -77,20 +77,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     data.add_argument("--frame-step", type=int, default=1, help="stride between clip frames")
     data.add_argument("--image-size", type=int, default=64, help="frame height and width")
     train = parser.add_argument_group("training")
-    train.add_argument("--mode", choices=MODES, default="sideways")
+    train.add_argument("--mode", choices=MODES, default="sideways", help="training mode")
     train.add_argument("--compare", action="store_true",
                        help="train both modes (same data, same initial weights)")
-    train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--epochs", type=int, default=30, help="passes over the training videos")
+    train.add_argument("--batch-size", type=int, default=16, help="clips per step")
+    train.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
     train.add_argument("--filters", type=int, nargs="+", default=[16, 32, 64],
                        help="channels per stage (K = number of stages)")
     train.add_argument("--windows", type=int, nargs="+", default=[3, 2, 1],
                        help="temporal window per stage")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0,
+                       help="seeds the split, the batches and the initial weights")
     out = parser.add_argument_group("output")
     out.add_argument("--output-dir", metavar="DIR",
-                     help="default: runs/<timestamp> in the current folder")
+                     help="where results go; if not given, runs/<timestamp>")
     out.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
     out.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
                      help="Keras verbosity (1: progress bars)")
@@ -125,12 +126,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def synthetic_data(
-    cache_dir: str, classes: Sequence[str], videos_per_class: int, image_size: int
+    cache_dir: str,
+    classes: Sequence[str],
+    videos_per_class: int,
+    image_size: int,
+    clip_span: int = SYNTHETIC_VIDEO_FRAMES,
 ) -> str:
-    """The synthetic data set's folder in the cache, written once per configuration."""
+    """The synthetic data set's folder in the cache, written once per configuration.
+
+    Videos get at least ``clip_span`` frames (frames x frame step of a clip), so that clips never
+    wrap around the end of a video (a jump in the motion).
+    """
+    num_frames = max(SYNTHETIC_VIDEO_FRAMES, clip_span)
     key = (
         f"synthetic_actions_v{SYNTHETIC_CACHE_VERSION}_{'-'.join(classes)}"
-        f"_{videos_per_class}x{SYNTHETIC_VIDEO_FRAMES}f_{image_size}px_seed0"
+        f"_{videos_per_class}x{num_frames}f_{image_size}px_seed0"
     )
     folder = Path(cache_dir) / key
     if (folder / "COMPLETE").exists():
@@ -147,7 +157,7 @@ def synthetic_data(
         str(partial),
         classes=list(classes),
         videos_per_class=videos_per_class,
-        num_frames=SYNTHETIC_VIDEO_FRAMES,
+        num_frames=num_frames,
         image_size=(image_size, image_size),
         seed=0,
     )
@@ -253,7 +263,10 @@ def build_model(args: argparse.Namespace, mode: str, num_classes: int) -> keras.
     model.compile(
         optimizer=keras.optimizers.Adam(args.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        # As a *weighted* metric: in Sideways mode the step masks the pipeline-filling ticks
+        # (no frame's output yet) with zero weights, which Keras applies to weighted metrics
+        # only; a plain `metrics=` entry would count those ticks too.
+        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
     return model
 
@@ -313,15 +326,19 @@ def plot_learning_curves(results: dict[str, dict[str, Any]], chance: float, path
     import matplotlib.pyplot as plt
 
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    colours = {"sideways": "tab:blue", "backprop": "tab:orange"}
     for mode, result in results.items():
         history = result["history"]
         epochs = np.arange(1, len(history["loss"]) + 1)
-        loss_axis.plot(epochs, history["loss"], label=f"{mode} train")
-        if "val_loss" in history:
-            loss_axis.plot(epochs, history["val_loss"], "--", label=f"{mode} held-out")
-        accuracy_axis.plot(epochs, history["accuracy"], label=f"{mode} train (per frame)")
-        if "val_accuracy" in history:
-            accuracy_axis.plot(epochs, history["val_accuracy"], "--", label=f"{mode} held-out")
+        colour = colours.get(mode)
+        loss_axis.plot(epochs, history["loss"], color=colour, label=f"{mode} train")
+        accuracy_axis.plot(epochs, history["accuracy"], color=colour,
+                           label=f"{mode} train (per frame)")
+        if "val_loss" in history:  # held out: dashed, same colour
+            loss_axis.plot(epochs, history["val_loss"], "--", color=colour,
+                           label=f"{mode} held-out")
+            accuracy_axis.plot(epochs, history["val_accuracy"], "--", color=colour,
+                               label=f"{mode} held-out (per clip)")
     accuracy_axis.axhline(chance, color="grey", linestyle=":", label="chance")
     loss_axis.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
     accuracy_axis.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1.02))
@@ -378,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     if args.data is None:
         directory = synthetic_data(args.cache_dir, args.classes, args.videos_per_class,
-                                   args.image_size)
+                                   args.image_size, args.frames * args.frame_step)
     else:
         directory = args.data
     train, held_out, class_names = load_data(args, directory)

@@ -59,7 +59,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--next-frame", action="store_true",
                         help="predict frame t+1 from frames t-1 and t instead of reconstructing t")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -120,21 +120,11 @@ def evaluate(model: keras.Model | None, held_out: Any, next_frame: bool) -> floa
     return float(np.mean(np.concatenate(values)))
 
 
-def frame_mse(y_true: Any, y_pred: Any) -> Any:
-    """Mean squared error of each frame, one value per sample: (B, H, W, C) -> (B,).
-
-    The same objective as ``"mse"`` (equal-sized frames), reduced to one value per frame because
-    the Sideways step weights its per-frame loss with a (B,) vector, which Keras cannot broadcast
-    against a per-pixel loss (B, H, W).
-    """
-    return keras.ops.mean(keras.ops.square(y_pred - y_true), axis=(1, 2, 3))
-
-
 def build_model(args: argparse.Namespace, mode: str) -> keras.Model:
     keras.utils.set_random_seed(args.seed)  # both modes start from the same weights
     network = models.frame_autoencoder(filters=args.filters, window=2 if args.next_frame else 1)
     model = network.build_model(mode=mode, name=f"autoencoder_{mode}")
-    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=frame_mse)
+    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss="mse")
     return model
 
 
@@ -173,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     output_dir = Path(args.output_dir or Path("runs") / f"autoencoder-{stamp}")
     output_dir.mkdir(parents=True, exist_ok=True)
     directory = synthetic_data(args.cache_dir, args.classes, args.videos_per_class,
-                               args.image_size)
+                               args.image_size, args.frames)
     common = {
         "labels": None,
         "batch_size": args.batch_size,
