@@ -960,10 +960,16 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
                     i + tf.range(size), tf.where(top_valid, reported, math.nan)
                 )
                 if update_metrics and self._compile_metrics is not None:
-                    top_targets = all_targets[:, :size]
-                    mask = tf.cast(top_valid, tf.float32)[None, :] * all_weights[:, :size]
+                    # Only the ticks whose output belongs to a frame: a zero weight would not
+                    # do, since Keras' unweighted `metrics` ignore sample weights.
+                    valid_ticks = tf.where(top_valid)[:, 0]
+
+                    def valid(tensor: tf.Tensor) -> tf.Tensor:
+                        return _merge_time(tf.gather(tensor[:, :size], valid_ticks, axis=1))
+
                     self._compile_metrics.update_state(
-                        _merge_time(top_targets), _merge_time(top), tf.reshape(mask, [-1])
+                        valid(all_targets), valid(top),
+                        None if sample_weight is None else valid(all_weights),
                     )
                 if apply_within:
                     done = i + size

@@ -327,3 +327,23 @@ def test_stages_with_batch_normalization_run_one_tick_per_call():
     assert SidewaysModel(dense_stages(2, 2), tick_chunk=4, update_every=6)._chunk_size(16) == 3
     model.compile(optimizer="sgd", loss="mse")
     model.fit(np.ones((4, 5, 3), "float32"), np.zeros((4, 2), "float32"), verbose=0)
+
+
+@pytest.mark.parametrize("tick_chunk", [1, None])
+def test_training_metrics_see_only_outputs_that_belong_to_frames(tick_chunk):
+    """K=3, T=5: the filling ticks 0 and 1 have no frame; metrics cover frames 0, 1, 2."""
+    rng = np.random.default_rng(12)
+    clips, _ = make_batch(rng, 6, 5, 3, "mse", per_frame=True)
+    model = build_model(3, 3, "sparse_crossentropy", pool=None, tick_chunk=tick_chunk)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), metrics=["accuracy"],
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    outputs = model.predict(clips, verbose=0)  # per frame (B, T, 3), exact
+    # Targets: the prediction for frames 0-2 and for half of frames 3-4, wrong elsewhere; the
+    # frames 3-4 (no output in this clip) must not count, nor must the filling ticks.
+    predicted = outputs.argmax(-1)
+    targets = (predicted + 1) % 3
+    targets[:, :3] = predicted[:, :3]
+    targets[:3, 3:] = predicted[:3, 3:]
+    logs = model.train_on_batch(clips, targets, return_dict=True)
+    assert logs["accuracy"] == pytest.approx(1.0)
+    assert np.mean(predicted == targets) == pytest.approx(0.8)
