@@ -726,24 +726,20 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
         """What every stage reads at this tick, and the window histories for the next tick.
 
         Stage k's newest element is the frame (k = 0) or the activation stage k-1 produced one
-        tick ago. A windowed stage stacks it after its history; at the tick its first real
-        element arrives (the stream start for that stage) the history is filled with copies of
-        it, the edge padding that `_sequence_forward` uses too.
+        tick ago; a windowed stage reads it after its history, edge-padded at the stream start
+        exactly as in training (`_chunk_windows`, with a chunk of one tick).
         """
-        tick = state["tick"]
         inputs, histories = [], {}
         for k, window in enumerate(self.temporal_windows):
             newest = frame if k == 0 else state["activations"][k - 1]
             if window == 1:
                 inputs.append(newest)
                 continue
-            history = state["histories"][str(k)]
-            starting = tf.equal(tick, schedule.first_valid_input_tick(k))
-            repeated = tf.repeat(newest[:, None], window - 1, axis=1)
-            history = tf.where(starting, repeated, history)
-            stacked = tf.concat([history, newest[:, None]], axis=1)
-            inputs.append(stacked)
-            histories[str(k)] = stacked[:, 1:]
+            windows, histories[str(k)] = _chunk_windows(
+                state["histories"][str(k)], newest[:, None], window,
+                first=schedule.first_valid_input_tick(k) - state["tick"],
+            )
+            inputs.append(windows[:, 0])
         return inputs, histories
 
     def _stage_means(self, accumulators: list, counts: tf.Tensor,
