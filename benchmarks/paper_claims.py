@@ -17,8 +17,8 @@ motion; real mp4 files written once, each video decoded once into memory):
 
 Writes ``results.json`` and PNG figures (default: ``docs/results.json``, ``docs/figures/``)::
 
-    python benchmarks/paper_claims.py              # the full run (about half an hour, 2 cores)
-    python benchmarks/paper_claims.py --quick      # a smoke run (a minute or two) into runs/
+    python benchmarks/paper_claims.py              # the full run (20 min on 2 busy CPU cores)
+    python benchmarks/paper_claims.py --quick      # a smoke run (under a minute) into runs/
 
 ``docs/RESULTS.md`` reads the default run.
 """
