@@ -192,3 +192,24 @@ def test_mixed_resolutions_are_resized(tmp_path):
         red, blue = patch_colours(clip[0])
         np.testing.assert_allclose(red, RED, atol=25)
         np.testing.assert_allclose(blue, BLUE, atol=25)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_cache_gives_the_same_clips_without_decoding_again(three_class_dir, shuffle):
+    kw = dict(batch_size=4, num_frames=3, frame_step=2, image_size=(32, 32), seed=5,
+              shuffle=shuffle)
+    plain = video_dataset_from_directory(three_class_dir, **kw)
+    cached = video_dataset_from_directory(three_class_dir, cache=True, **kw)
+    for _ in range(2):  # the second epoch samples from memory: new clips if shuffled
+        expected, got = _all(plain), _all(cached)
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_array_equal(got[0], expected[0])
+    # Really from memory: the files can go once the first epoch has run.
+    for path in cached.file_paths:
+        os.rename(path, path + ".gone")
+    try:
+        assert _all(cached)[0].shape == expected[0].shape
+    finally:
+        for path in cached.file_paths:
+            os.rename(path + ".gone", path)
+
