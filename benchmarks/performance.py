@@ -6,6 +6,8 @@ that the ratios hold on a shared, noisy machine. Writes JSON and prints a table 
     python benchmarks/performance.py                       # all sections
     python benchmarks/performance.py --sections throughput,memory --output out.json
 
+The output file keeps the sections it already holds that this run did not measure.
+
 Sections:
 - ``throughput``: training frames/s, both modes, T in {16, 64}, same stages/data/process; and the
   Sideways tick chunk (``tick_chunk``) as a knob.
@@ -113,19 +115,23 @@ def peak_step_bytes(model: SidewaysModel, data: tuple) -> int:
     return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
 
 
-def memory(batch_size: int) -> dict[str, Any]:
+def memory(batch_size: int, repeats: int = 3) -> dict[str, Any]:
+    # The allocator's counters move by whole MiB and vary by a few MiB between fresh models:
+    # the median of a few fresh models per configuration.
     peaks: dict[str, dict[int, int]] = {"sideways": {}, "backprop": {}}
     for num_frames in (16, 64, 128):
         data = clip_batch(num_frames, batch_size)
         for mode in peaks:
-            peaks[mode][num_frames] = peak_step_bytes(reference_model(mode), data)
+            peaks[mode][num_frames] = int(statistics.median(
+                peak_step_bytes(reference_model(mode), data) for _ in range(repeats)
+            ))
         del data
     ratios = {
         "sideways_T128_over_T16": peaks["sideways"][128] / peaks["sideways"][16],
         "backprop_T128_over_T16": peaks["backprop"][128] / peaks["backprop"][16],
         "sideways_over_backprop_T64": peaks["sideways"][64] / peaks["backprop"][64],
     }
-    print("\nPeak step memory beyond the input (MiB)")
+    print(f"\nPeak step memory beyond the input (MiB, median of {repeats} fresh models)")
     print(f"{'mode':<10}" + "".join(f"{f'T={t}':>10}" for t in (16, 64, 128)))
     for mode, values in peaks.items():
         print(f"{mode:<10}" + "".join(f"{values[t] / 2**20:>10.1f}" for t in (16, 64, 128)))
@@ -300,6 +306,9 @@ def main() -> None:
             results[section] = function(args.batch_size)
     path = Path(args.output)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        # Sections run separately accumulate in one file; each keeps its latest measurement.
+        results = {**json.loads(path.read_text()), **results}
     path.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {path}")
 
