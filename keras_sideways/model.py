@@ -119,7 +119,8 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
             buffer of the stage below. Each stage still adds one tick of latency, so the tick
             schedule (validity, fill, target alignment) is unchanged.
         tick_chunk: how many consecutive ticks each stage computes in one batched call
-            (``None``: 8, or 1 when a stage holds BatchNormalization, whose batch statistics
+            (``None``: 8; 1 with ``stage_devices``, so that the stages of a tick run at once
+            on their devices; 1 when a stage holds BatchNormalization, whose batch statistics
             would otherwise mix ticks). The updates are the same for any value (the weights are
             fixed between updates, so a stage's C ticks are independent given the carried
             buffers); larger chunks trade memory (it grows with C, never with T) for speed on
@@ -776,6 +777,10 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
         """Ticks computed together per loop iteration (see ``tick_chunk``)."""
         if self.tick_chunk is not None:
             chunk = self.tick_chunk
+        elif self.stage_devices is not None:
+            # Depth parallelism: one tick per call keeps every tick's K stage computations
+            # independent, so that the stages run at once on their devices.
+            chunk = 1
         elif any(
             isinstance(layer, keras.layers.BatchNormalization)
             for stage in self.stages

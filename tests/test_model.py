@@ -347,3 +347,11 @@ def test_training_metrics_see_only_outputs_that_belong_to_frames(tick_chunk):
     logs = model.train_on_batch(clips, targets, return_dict=True)
     assert logs["accuracy"] == pytest.approx(1.0)
     assert np.mean(predicted == targets) == pytest.approx(0.8)
+
+
+def test_stage_devices_default_to_one_tick_per_call():
+    """Depth parallelism needs every tick's stage computations independent of each other."""
+    placed = SidewaysModel(dense_stages(2, 2), stage_devices=["/CPU:0", "/CPU:1"])
+    assert placed._chunk_size(16) == 1
+    chosen = SidewaysModel(dense_stages(2, 2), stage_devices=["/CPU:0", "/CPU:1"], tick_chunk=4)
+    assert chosen._chunk_size(16) == 4
