@@ -879,8 +879,7 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
                 newest = tf.gather(clips, i + tf.range(size), axis=1)
                 for k, stage in enumerate(self.stages):
                     if k > 0:
-                        carried = state["activations"][k - 1][:, None]
-                        newest = tf.concat([carried, outputs[k - 1][:, :-1]], axis=1)
+                        newest = _carried_then(state["activations"][k - 1], outputs[k - 1])
                         activations.append(outputs[k - 1][:, -1])
                     window = self.temporal_windows[k]
                     inputs = newest
@@ -925,8 +924,7 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
                         if k == num_stages - 1:
                             result = _gradient(tapes[k], objective, sources)
                         else:
-                            carried = state["cotangents"][k][:, None]
-                            cotangent = tf.concat([carried, below[:, :-1]], axis=1)
+                            cotangent = _carried_then(state["cotangents"][k], below)
                             cotangents[k] = below[:, -1]
                             result = _gradient(
                                 tapes[k], flat_outputs[k], sources,
@@ -1087,6 +1085,18 @@ def _causal_windows(sequence: tf.Tensor, window: int) -> tf.Tensor:
     offsets = tf.range(window) - (window - 1)
     indices = tf.maximum(tf.range(num_frames)[:, None] + offsets[None, :], 0)
     return tf.gather(sequence, indices, axis=1)
+
+
+def _carried_then(carried: tf.Tensor, following: tf.Tensor) -> tf.Tensor:
+    """(B, C, …): the element carried from the previous tick, then ``following`` but its last.
+
+    With C = 1 this is the carried element alone, without reading ``following``: no data
+    dependency then ties a stage to its neighbour within the tick, so the K stages of a tick
+    can run at once (on their own devices, with ``stage_devices``).
+    """
+    if following.shape[1] == 1:
+        return carried[:, None]
+    return tf.concat([carried[:, None], following[:, :-1]], axis=1)
 
 
 def _chunk_windows(
