@@ -841,7 +841,7 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
         def chunk_of(tensor: Any, per_clip: Any, i: Any, size: int) -> tf.Tensor:
             """Frames (or their targets, weights) of ticks i … i+size-1, as (B, size, …)."""
             if per_clip is not None:
-                return tf.repeat(per_clip[:, None], size, axis=1)
+                return _repeat_time(per_clip, size)
             return tf.gather(tensor, i + tf.range(size), axis=1)
 
         state0 = self._initial_state(batch, target_of(0), weight_of(0))
@@ -1070,13 +1070,9 @@ def _split_time(x: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
     return result
 
 
-def _repeat_time(x: tf.Tensor, num_frames: Any, axis: int = 1) -> tf.Tensor:
-    """Repeat a per-clip tensor (B, …) along a new time axis at ``axis``."""
-    expanded = tf.expand_dims(x, axis)
-    multiples = tf.tensor_scatter_nd_update(
-        tf.ones([x.shape.rank + 1], tf.int32), [[axis]], [num_frames]
-    )
-    return tf.tile(expanded, multiples)
+def _repeat_time(x: tf.Tensor, num_frames: Any) -> tf.Tensor:
+    """Repeat a per-clip tensor (B, …) along a new time axis: (B, num_frames, …)."""
+    return tf.repeat(x[:, None], num_frames, axis=1)
 
 
 def _causal_windows(sequence: tf.Tensor, window: int) -> tf.Tensor:
