@@ -630,7 +630,7 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
     ) -> dict[str, Any]:
         """Exact gradient of the mean per-frame loss, frames batched (B·T) through the stages."""
         variables = list(self.trainable_variables)
-        batch, num_frames = tf.shape(clips)[0], tf.shape(clips)[1]
+        num_frames = tf.shape(clips)[1]
         if self.pool == "mean":
             frame_targets = _merge_time(_repeat_time(targets, num_frames))
         else:
@@ -656,7 +656,6 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
             "loss": total * _num_replicas(),
             "tick_losses": tf.fill([num_frames], tf.constant(math.nan)),
             "contributions": tf.fill([self.num_stages], frames),
-            "batch": batch,
         }
 
     def _fresh_state(
@@ -1032,7 +1031,6 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
             "loss": mean_loss + tf.cast(regularization_value, tf.float32),
             "tick_losses": tick_losses.stack(),
             "contributions": counts,
-            "batch": batch,
         }
 
 
