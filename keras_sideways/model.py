@@ -600,12 +600,16 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
         # global mean. `compute_loss` itself would add `model.losses` on every tick.
         return tf.cast(self._compile_loss(targets, outputs, sample_weight), tf.float32)
 
+    def _additional_loss(self) -> tf.Tensor:
+        """`model.losses` (regularisers, and in backprop mode `add_loss`) summed, float32."""
+        losses = [self._aggregate_additional_loss(loss) for loss in self.losses]
+        return tf.cast(tf.add_n(losses), tf.float32) if losses else tf.constant(0.0)
+
     def _regularization(self, variables: Sequence[Any], scale: Any) -> tuple[Any, list[Any]]:
         """Weight-regularisation loss (for the logs) and its gradient, computed once."""
         with tf.GradientTape() as tape:
-            losses = [self._aggregate_additional_loss(loss) for loss in self.losses]
-            total = tf.add_n(losses) if losses else tf.constant(0.0)
-            scaled = tf.cast(total, tf.float32) * scale
+            total = self._additional_loss()
+            scaled = total * scale
         gradients = _gradient(tape, scaled, list(variables))
         return total * _num_replicas(), gradients
 
@@ -643,9 +647,7 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
         with tf.GradientTape() as tape:
             outputs = _merge_time(self._sequence_forward(clips, training=True))
             loss = self._frame_loss(frame_targets, outputs, frame_weights)
-            extra = [self._aggregate_additional_loss(loss) for loss in self.losses]
-            regularization = tf.add_n(extra) if extra else tf.constant(0.0)
-            total = loss + tf.cast(regularization, tf.float32)
+            total = loss + self._additional_loss()
             scaled = total * loss_scale
         gradients = _gradient(tape, scaled, variables)
         if update_metrics and self._compile_metrics is not None:
@@ -1028,7 +1030,7 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
         )
         return {
             "gradients": gradients,
-            "loss": mean_loss + tf.cast(regularization_value, tf.float32),
+            "loss": mean_loss + regularization_value,
             "tick_losses": tick_losses.stack(),
             "contributions": counts,
         }
