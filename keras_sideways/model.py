@@ -408,7 +408,9 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
         """
         self._require_built("stream_step")
         frame = tf.convert_to_tensor(frame)
-        expected = set(self._stream_keys(self._fresh_state(1, tf.zeros([1]), tf.zeros([1]))))
+        # The keys follow from the stages and windows; no state needs building to know them.
+        expected = {"tick"} | {f"activation_{k}" for k in range(self.num_stages - 1)}
+        expected |= {f"history_{k}" for k, w in enumerate(self.temporal_windows) if w > 1}
         if set(state) != expected:
             raise ValueError(
                 f"stream_step state has keys {sorted(state)}, expected {sorted(expected)} (the "
