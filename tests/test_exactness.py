@@ -183,10 +183,17 @@ def test_pipelined_top_output_is_synchronous_output_delayed(num_stages):
     rng = np.random.default_rng(11)
     model = build_model(num_stages, 2, "mse", pool=None)
     clips, targets = make_batch(rng, 3, 9, 2, "mse", per_frame=True)
+    assert_tick_losses_are_frame_losses_delayed(model, clips, targets)
+
+
+def assert_tick_losses_are_frame_losses_delayed(model: SidewaysModel, clips: np.ndarray,
+                                                targets: np.ndarray) -> None:
+    """Tick t's (MSE) loss is the loss of `predict`'s output for frame t-(K-1); none before."""
     _, details = model.compute_gradients(clips, targets, return_details=True)
     synchronous = model.predict(clips, verbose=0)
     frame_losses = np.mean((synchronous - targets) ** 2, axis=(0, 2))
     tick_losses = details["tick_losses"].numpy()
-    delay = num_stages - 1
+    delay, num_frames = model.num_stages - 1, clips.shape[1]
     assert np.all(np.isnan(tick_losses[:delay]))
-    np.testing.assert_allclose(tick_losses[delay:], frame_losses[: 9 - delay], rtol=1e-5)
+    np.testing.assert_allclose(tick_losses[delay:], frame_losses[: num_frames - delay],
+                               rtol=1e-5)

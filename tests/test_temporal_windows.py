@@ -9,7 +9,13 @@ import tensorflow as tf
 
 from keras_sideways import SidewaysModel
 from tests import numpy_reference
-from tests.test_exactness import FEATURES, HIDDEN, make_batch, max_relative_difference
+from tests.test_exactness import (
+    FEATURES,
+    HIDDEN,
+    assert_tick_losses_are_frame_losses_delayed,
+    make_batch,
+    max_relative_difference,
+)
 
 
 def windowed_stages(windows: list[int], outputs: int, seed: int = 0) -> list[keras.layers.Layer]:
@@ -94,12 +100,7 @@ def test_pipeline_with_windows_is_the_causal_forward_delayed(windows):
     rng = np.random.default_rng(4)
     model = build(windows, 2, "mse", pool=None)
     clips, targets = make_batch(rng, 2, 8, 2, "mse", per_frame=True)
-    _, details = model.compute_gradients(clips, targets, return_details=True)
-    outputs = model.predict(clips, verbose=0)
-    delay = len(windows) - 1
-    frame_losses = np.mean((outputs - targets) ** 2, axis=(0, 2))
-    np.testing.assert_allclose(details["tick_losses"][delay:], frame_losses[: 8 - delay],
-                               rtol=1e-5)
+    assert_tick_losses_are_frame_losses_delayed(model, clips, targets)
 
 
 def test_exact_forward_uses_edge_padded_causal_windows():
