@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from keras_sideways import SidewaysModel
+from keras_sideways.model import DEFAULT_TICK_CHUNK
 from tests.test_exactness import build_model, dense_stages, make_batch
 
 
@@ -322,8 +323,10 @@ def test_stages_with_batch_normalization_run_one_tick_per_call():
               keras.layers.Dense(2)]
     model = SidewaysModel(stages)
     assert model._chunk_size(16) == 1
-    assert SidewaysModel(dense_stages(2, 2))._chunk_size(16) == 8
-    assert SidewaysModel(dense_stages(2, 2), update_every=6)._chunk_size(16) == 6
+    assert SidewaysModel(dense_stages(2, 2))._chunk_size(16) == DEFAULT_TICK_CHUNK
+    # With update_every the chunk is the largest divisor of it not above the chunk asked for.
+    assert SidewaysModel(dense_stages(2, 2), update_every=6)._chunk_size(16) == 3
+    assert SidewaysModel(dense_stages(2, 2), tick_chunk=8, update_every=6)._chunk_size(16) == 6
     assert SidewaysModel(dense_stages(2, 2), tick_chunk=4, update_every=6)._chunk_size(16) == 3
     model.compile(optimizer="sgd", loss="mse")
     model.fit(np.ones((4, 5, 3), "float32"), np.zeros((4, 2), "float32"), verbose=0)

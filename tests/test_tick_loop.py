@@ -1,0 +1,110 @@
+"""The tick loop's speed measures keep its results: vectorised tick losses, two iterations in
+flight only where that is safe, and one shorter last chunk for a known clip length."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_sideways import SidewaysModel
+from tests.test_exactness import dense_stages, max_relative_difference
+
+LOSSES = {
+    "sparse_crossentropy_logits": (
+        lambda: keras.losses.SparseCategoricalCrossentropy(from_logits=True), "labels"),
+    "mse_per_pixel": (lambda: keras.losses.MeanSquaredError(), "pixels"),
+    "huber_sum": (lambda: keras.losses.Huber(reduction="sum"), "vectors"),
+    "crossentropy_mean_with_sample_weight": (
+        lambda: keras.losses.CategoricalCrossentropy(
+            from_logits=True, reduction="mean_with_sample_weight"), "one_hot"),
+}
+
+
+def targets_and_outputs(kind: str, rng: np.random.Generator, batch: int, ticks: int):
+    if kind == "pixels":
+        return (rng.uniform(size=(batch, ticks, 4, 4, 3)).astype("float32"),
+                rng.uniform(size=(batch, ticks, 4, 4, 3)).astype("float32"))
+    outputs = rng.normal(size=(batch, ticks, 5)).astype("float32")
+    if kind == "labels":
+        return rng.integers(0, 5, size=(batch, ticks)), outputs
+    if kind == "one_hot":
+        return np.eye(5, dtype="float32")[rng.integers(0, 5, size=(batch, ticks))], outputs
+    return rng.normal(size=(batch, ticks, 5)).astype("float32"), outputs
+
+
+# Per-frame weights do not broadcast against per-pixel losses (plain Keras rejects (B,)
+# weights with (B, H, W) losses too): the per-pixel loss is checked unweighted.
+@pytest.mark.parametrize("name,weighted", [
+    (name, weighted) for name in sorted(LOSSES) for weighted in (False, True)
+    if not (weighted and LOSSES[name][1] == "pixels")
+])
+def test_vectorised_tick_losses_equal_one_compiled_loss_call_per_tick(name, weighted):
+    """Each tick's value is what the compiled loss gives that tick's batch alone."""
+    make_loss, kind = LOSSES[name]
+    rng = np.random.default_rng(len(name))
+    model = SidewaysModel(dense_stages(2, 5))
+    model.compile(optimizer="sgd", loss=make_loss())
+    targets, outputs = targets_and_outputs(kind, rng, batch=3, ticks=4)
+    weights = rng.uniform(0.1, 2.0, size=(3, 4)).astype("float32") if weighted else None
+    vectorised = model._tick_losses(
+        tf.constant(targets), tf.constant(outputs),
+        None if weights is None else tf.constant(weights),
+    ).numpy()
+    one_by_one = [
+        float(model._frame_loss(tf.constant(targets[:, j]), tf.constant(outputs[:, j]),
+                                None if weights is None else tf.constant(weights[:, j])))
+        for j in range(4)
+    ]
+    np.testing.assert_allclose(vectorised, one_by_one, rtol=1e-6)
+    assert len(set(np.round(one_by_one, 6))) == 4  # the ticks really differ
+
+
+def while_loops(model: SidewaysModel, num_frames: int | None = 8) -> list:
+    """The tick loops of a traced `train_step` (with `update_every`, the updates are inside)."""
+    model.fit(np.zeros((2, 8, 3), "float32"), np.zeros((2, 4), "float32"), verbose=0)
+    traced = tf.function(lambda clips, targets: model.train_step((clips, targets)))
+    graph = traced.get_concrete_function(
+        tf.TensorSpec([2, num_frames, 3]), tf.TensorSpec([2, 4])
+    ).graph
+    return [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
+
+
+def compiled(model: SidewaysModel) -> SidewaysModel:
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+def test_two_iterations_in_flight_only_where_nothing_in_the_loop_changes_state():
+    def parallelism(model: SidewaysModel) -> list[int]:
+        return [op.get_attr("parallel_iterations") for op in while_loops(compiled(model))]
+
+    assert parallelism(SidewaysModel(dense_stages(3, 4))) == [2]
+    # Updates inside the loop: a later iteration must read the updated weights.
+    assert parallelism(SidewaysModel(dense_stages(3, 4), update_every=2)) == [1]
+    # Layers whose call changes their own variables: dropout's seed, batch statistics.
+    for stateful_layer in (keras.layers.Dropout(0.2), keras.layers.BatchNormalization()):
+        stages = dense_stages(3, 4)
+        stages[1] = keras.Sequential([stages[1], stateful_layer])
+        assert parallelism(SidewaysModel(stages)) == [1]
+
+
+def test_a_known_clip_length_ends_in_one_shorter_chunk():
+    """T = 7 with chunks of 3: two chunks and one of 1 tick, no second loop; an unknown T keeps
+    a one-tick loop for the rest. Both give the per-tick pipeline's update."""
+    assert len(while_loops(compiled(SidewaysModel(dense_stages(3, 4), tick_chunk=3)), 7)) == 1
+    assert len(while_loops(compiled(SidewaysModel(dense_stages(3, 4), tick_chunk=3)), None)) == 2
+    rng = np.random.default_rng(3)
+    clips = tf.constant(rng.normal(size=(2, 7, 3)).astype("float32"))
+    targets = tf.constant(rng.normal(size=(2, 4)).astype("float32"))
+    reference = compiled(SidewaysModel(dense_stages(3, 4), tick_chunk=1))
+    expected = reference.compute_gradients(clips, targets)
+    for num_frames in (7, None):
+        model = compiled(SidewaysModel(dense_stages(3, 4), tick_chunk=3))
+        traced = tf.function(
+            lambda c, t, m=model: m.compute_gradients(c, t),
+            input_signature=[tf.TensorSpec([2, num_frames, 3]), tf.TensorSpec([2, 4])],
+        )
+        difference = max_relative_difference(traced(clips, targets), expected)
+        assert difference < 1e-5, (num_frames, difference)
