@@ -45,7 +45,6 @@ from keras_sideways.partition import (  # noqa: E402
     balanced_partition,
     measure_costs,
     modeled_speedup,
-    stage_costs,
 )
 
 IMAGE = 64
@@ -167,34 +166,44 @@ def _layers_of(stages: list[keras.layers.Layer]) -> list[keras.layers.Layer]:
     return layers
 
 
-def depth(batch_size: int) -> dict[str, Any]:
-    """Per-stage costs of per-frame reference networks, as shipped and re-balanced."""
+def depth(batch_size: int, repeats: int = 30) -> dict[str, Any]:
+    """Per-stage costs of per-frame reference networks, as shipped and re-balanced.
+
+    Layer costs within a stage (`measure_costs(within_stage=True)`) choose the balanced cuts
+    (`balanced_partition`, as `split_sequential` does); the stages so formed are then measured
+    as stages, one call each, and those figures give the modeled speed-up.
+    """
     results = {}
     networks = {
         "frame_cnn_classifier": models.frame_cnn_classifier(CLASSES),
         "frame_cnn_classifier_extra_conv": models.frame_cnn_classifier(
             CLASSES, filters=(16, 32, 64, 64), extra_conv=True),
         "frame_autoencoder": models.frame_autoencoder(filters=(16, 32, 64)),
+        # 12 identical blocks: stages of equal cost for every K that divides 12.
+        "isotropic_cnn_classifier": models.isotropic_cnn_classifier(
+            CLASSES, num_stages=4, blocks_per_stage=3),
     }
+    counts = {"isotropic_cnn_classifier": (2, 3, 4, 6)}
+    frame = (IMAGE, IMAGE, 3)
     print("\nDepth parallelism (modeled from measured per-tick stage costs)")
     print(f"{'network':<34}{'K':>3}{'as shipped':>12}{'balanced':>10}{'target':>8}")
     for name, net in networks.items():
         layers = _layers_of(net.stages)
-        # Layer costs measured once; groupings are then evaluated on the same numbers.
-        layer_costs = measure_costs(layers, (IMAGE, IMAGE, 3), batch_size=batch_size)
-        shipped_bounds, start = [], 0
-        for stage in net.stages:
-            start += len(stage.layers) if isinstance(stage, keras.Sequential) else 1
-            shipped_bounds.append(start)
-        shipped = stage_costs(layer_costs, shipped_bounds[:-1])
-        entry: dict[str, Any] = {"layer_seconds": layer_costs, "stages": {}}
-        counts = sorted({net.num_stages, 2, 3})
-        for num_stages in counts:
+        layer_costs = measure_costs(layers, frame, batch_size, repeats, within_stage=True)
+        shipped = measure_costs(net.stages, frame, batch_size, repeats)
+        entry: dict[str, Any] = {"layer_seconds_within_stage": layer_costs,
+                                 "shipped_stage_seconds": shipped, "stages": {}}
+        for num_stages in sorted({net.num_stages, *counts.get(name, (2, 3, 4))}):
             if num_stages > len(layers):
                 continue
-            balanced = stage_costs(layer_costs, balanced_partition(layer_costs, num_stages))
+            cuts = balanced_partition(layer_costs, num_stages)
+            bounds = [0, *cuts, len(layers)]
+            groups = [keras.Sequential(layers[a:b])
+                      for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+            balanced = measure_costs(groups, frame, batch_size, repeats)
             as_shipped = modeled_speedup(shipped) if num_stages == net.num_stages else None
             entry["stages"][f"K{num_stages}"] = {
+                "cuts": cuts,
                 "balanced_stage_seconds": balanced,
                 "modeled_speedup_balanced": modeled_speedup(balanced),
                 "modeled_speedup_as_shipped": as_shipped,

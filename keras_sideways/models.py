@@ -16,6 +16,8 @@ The factories:
 - :func:`temporal_cnn_classifier`: the same convolutions, but the lower stages read temporal
   windows (the last few frames / feature maps, folded into channels by :class:`FoldTime`), so the
   network sees motion. This is the model of ``examples/action_recognition.py``.
+- :func:`isotropic_cnn_classifier`: a deep per-frame CNN of identical blocks at one resolution
+  (after a patch stem), so its stages cost the same: the reference for depth parallelism.
 - :func:`frame_autoencoder`: an encoder-decoder that reconstructs each frame (or, with
   ``predict_next=True`` and a window, is meant to be trained to predict the next frame).
 """
@@ -35,6 +37,7 @@ __all__ = [
     "StagedNetwork",
     "frame_autoencoder",
     "frame_cnn_classifier",
+    "isotropic_cnn_classifier",
     "temporal_cnn_classifier",
 ]
 
@@ -284,6 +287,63 @@ def temporal_cnn_classifier(
     return _classifier(num_classes, filters, windows, kernel_size=kernel_size,
                        extra_conv=extra_conv, global_pool=global_pool, dropout=dropout,
                        name="temporal_cnn")
+
+
+def isotropic_cnn_classifier(
+    num_classes: int,
+    *,
+    num_stages: int = 4,
+    blocks_per_stage: int = 2,
+    width: int = 64,
+    patch_size: int = 4,
+    window: int = 1,
+) -> StagedNetwork:
+    """A deep CNN of identical blocks at one resolution: stages of equal cost.
+
+    A patch stem (a ``patch_size`` × ``patch_size`` convolution with that stride, ``width``
+    channels) maps 64×64 frames to 16×16 maps; then ``num_stages · blocks_per_stage`` identical
+    3×3 convolutions with ``width`` channels and ReLU, ``blocks_per_stage`` per stage; the top
+    stage ends in global max pooling and a dense layer to ``num_classes`` logits (use
+    ``SparseCategoricalCrossentropy(from_logits=True)``). Stage 0 also holds the stem (cheap next
+    to a block). Isotropic networks like this (ConvMixer-style, or a transformer's blocks) are
+    what depth parallelism splits well: every stage does the same work, so a Sideways tick on K
+    devices costs one K-th of the network (see ``benchmarks/performance.py --sections depth``).
+    The downsampling classifiers above are limited by their largest layer instead.
+
+    Args:
+        num_classes: number of classes.
+        num_stages: K.
+        blocks_per_stage: identical convolutions per stage.
+        width: channels of the stem and every block.
+        patch_size: stride and kernel of the stem; height and width must be divisible by it.
+        window: temporal window of stage 0 (frames folded into channels, see
+            :class:`FoldTime`); 1 for a per-frame network.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"`num_classes` must be an int >= 2, got {num_classes!r}.")
+    for argument, value in (("num_stages", num_stages), ("blocks_per_stage", blocks_per_stage),
+                            ("width", width), ("patch_size", patch_size), ("window", window)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{argument}` must be an int >= 1, got {value!r}.")
+    stages: list[keras.layers.Layer] = []
+    for k in range(num_stages):
+        layers: list[keras.layers.Layer] = []
+        if k == 0:
+            layers.append(keras.layers.Rescaling(2.0, offset=-1.0, name="isotropic_center"))
+            if window > 1:
+                layers.append(FoldTime(name="isotropic_fold"))
+            layers.append(keras.layers.Conv2D(width, patch_size, strides=patch_size,
+                                              activation="relu", name="isotropic_stem"))
+        layers.extend(
+            keras.layers.Conv2D(width, 3, padding="same", activation="relu",
+                                name=f"isotropic_stage{k}_block{b}")
+            for b in range(blocks_per_stage)
+        )
+        if k == num_stages - 1:
+            layers += [keras.layers.GlobalMaxPooling2D(name="isotropic_pool"),
+                       keras.layers.Dense(num_classes, name="isotropic_logits")]
+        stages.append(keras.Sequential(layers, name=f"isotropic_stage{k}"))
+    return StagedNetwork(stages, [window] + [1] * (num_stages - 1), pool="mean")
 
 
 def frame_autoencoder(

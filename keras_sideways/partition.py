@@ -65,39 +65,66 @@ def modeled_speedup(costs: Sequence[float]) -> float:
 
 
 def measure_costs(
-    layers: Sequence[Any], frame_shape: Sequence[int], batch_size: int = 8, repeats: int = 20
+    layers: Sequence[Any],
+    frame_shape: Sequence[int],
+    batch_size: int = 8,
+    repeats: int = 20,
+    *,
+    within_stage: bool = False,
 ) -> list[float]:
     """Seconds per tick of each layer: forward and pullback on ``batch_size`` frames.
 
-    Layers are measured in order, each on the output of the previous one, after one traced
-    warm-up call; the median over ``repeats`` calls is returned.
+    Each layer runs on the output of the previous one; after one traced warm-up call each, the
+    layers are timed round-robin ``repeats`` times and each one's median is returned. Pass
+    stages to measure stages. The pullback computes the input's cotangent only where a layer
+    below has weights.
+
+    ``within_stage=True`` takes off every layer's figure the fixed cost of one call, measured
+    the same way on an identity layer: the layers of a stage share the stage's one call, so
+    the rest is what a layer adds to its stage. Summed, these track a stage's measured cost
+    less one call; without it, cheap layers (rescaling, pooling, a small dense head) count a
+    whole call each, which is most of what they measure on small frames. Figures are floored
+    at zero. `split_sequential` balances on these.
     """
+    import keras
     import tensorflow as tf
 
-    x = tf.random.uniform((batch_size, *frame_shape))
-    costs = []
-    for layer in layers:
+    def traced(layer: Any, x: tf.Tensor, input_cotangent: bool) -> tuple[Any, tf.Tensor]:
         if not layer.built:
             layer.build(x.shape)
 
         @tf.function
-        def forward_and_pullback(inputs: tf.Tensor, layer: Any = layer) -> tf.Tensor:
+        def forward_and_pullback(inputs: tf.Tensor) -> tuple[tf.Tensor, list]:
             with tf.GradientTape() as tape:
                 tape.watch(inputs)
                 outputs = layer(inputs, training=True)
-            sources = [inputs, *layer.trainable_variables]
+            sources = [*([inputs] if input_cotangent else []), *layer.trainable_variables]
             gradients = tape.gradient(outputs, sources, output_gradients=tf.ones_like(outputs))
             return outputs, gradients
 
-        outputs, _ = forward_and_pullback(x)
-        samples = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            forward_and_pullback(x)
-            samples.append(time.perf_counter() - start)
-        costs.append(statistics.median(samples))
-        x = outputs
-    return costs
+        outputs, _ = forward_and_pullback(x)  # traces; the outputs feed the next layer
+        return (lambda: forward_and_pullback(x)), outputs
+
+    x = tf.random.uniform((batch_size, *frame_shape))
+    calls = [traced(keras.layers.Identity(), x, True)[0]] if within_stage else []
+    # As in training, a pullback computes the input's cotangent only where a layer below has
+    # weights to receive it: never for the first weighted layer (stage 0 has nothing below).
+    weights_below = False
+    for layer in layers:
+        call, x = traced(layer, x, input_cotangent=weights_below)
+        calls.append(call)
+        weights_below = weights_below or bool(layer.trainable_variables)
+    # Round-robin, so that the machine's drift during the measurement hits every layer alike.
+    samples: list[list[float]] = [[] for _ in calls]
+    for _ in range(repeats):
+        for call, times in zip(calls, samples, strict=True):
+            begin = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - begin)
+    medians = [statistics.median(times) for times in samples]
+    if not within_stage:
+        return medians
+    return [max(seconds - medians[0], 0.0) for seconds in medians[1:]]
 
 
 def split_sequential(
@@ -110,7 +137,8 @@ def split_sequential(
     """Split a `keras.Sequential` into ``num_stages`` Sequential stages of near-equal cost.
 
     ``costs`` (seconds per layer) may be given; otherwise they are measured with
-    `measure_costs` on ``frame_shape`` frames. The stages share the model's layers (and weights).
+    `measure_costs(within_stage=True)` on ``frame_shape`` frames. The stages share the model's
+    layers (and weights).
     """
     import keras
 
@@ -118,7 +146,7 @@ def split_sequential(
         raise TypeError(f"split_sequential needs a keras.Sequential, got {type(model).__name__}.")
     layers = list(model.layers)
     if costs is None:
-        costs = measure_costs(layers, frame_shape, batch_size)
+        costs = measure_costs(layers, frame_shape, batch_size, within_stage=True)
     if len(costs) != len(layers):
         raise ValueError(f"Got {len(costs)} costs for {len(layers)} layers.")
     bounds = [0, *balanced_partition(costs, num_stages), len(layers)]

@@ -113,6 +113,21 @@ def test_autoencoder_structure_and_range():
     assert windowed.temporal_windows == [2, 1]
 
 
+def test_isotropic_classifier_has_identical_blocks_in_every_stage():
+    net = models.isotropic_cnn_classifier(3, num_stages=3, blocks_per_stage=2, width=8,
+                                          window=2)
+    assert net.num_stages == 3 and net.temporal_windows == [2, 1, 1] and net.pool == "mean"
+    model = net.build_model()
+    assert model(clips(2, 4)).shape == (2, 3)
+    blocks = [[layer for layer in stage.layers if "_block" in layer.name] for stage in net.stages]
+    assert [len(b) for b in blocks] == [2, 2, 2]
+    assert {(b.kernel.shape, b.strides) for stage in blocks for b in stage} == {
+        ((3, 3, 8, 8), (1, 1))}
+    # The stem (stage 0) maps 16×16 frames to 4×4 maps; the blocks keep that resolution.
+    assert net.stages[0].layers[-1].output.shape == (None, SIZE // 4, SIZE // 4, 8)
+    assert net.stages[1].output.shape == (None, SIZE // 4, SIZE // 4, 8)
+
+
 @pytest.mark.parametrize(
     "call,message",
     [
@@ -123,6 +138,10 @@ def test_autoencoder_structure_and_range():
         (lambda: models.frame_cnn_classifier(3, global_pool="median"), "global_pool"),
         (lambda: models.frame_cnn_classifier(3, dropout=1.5), "dropout"),
         (lambda: models.frame_autoencoder(window=0), "window"),
+        (lambda: models.isotropic_cnn_classifier(1), "num_classes"),
+        (lambda: models.isotropic_cnn_classifier(3, num_stages=0), "num_stages"),
+        (lambda: models.isotropic_cnn_classifier(3, blocks_per_stage=2.0), "blocks_per_stage"),
+        (lambda: models.isotropic_cnn_classifier(3, patch_size=True), "patch_size"),
     ],
 )
 def test_bad_arguments_are_refused_with_the_argument_named(call, message):
@@ -137,6 +156,8 @@ CLASSIFIERS = {
     # No dropout here: its random masks would differ between the saved and reloaded models.
     "temporal": lambda: models.temporal_cnn_classifier(3, filters=(4, 8, 8), windows=(3, 2, 1)),
     "frame": lambda: models.frame_cnn_classifier(3, filters=(4, 8, 8), global_pool="avg"),
+    "isotropic": lambda: models.isotropic_cnn_classifier(3, num_stages=3, blocks_per_stage=1,
+                                                         width=4, window=2),
 }
 
 
