@@ -897,21 +897,39 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
             self._apply_if_any(gradients, counts, may_be_empty=True)
             return [tf.zeros_like(a) for a in accumulators], tf.zeros_like(counts)
 
+        carry_targets = self.stateful or self.pool != "mean"
+
         def run_chunk(size: int) -> Any:
             def body(i, state, accumulators, counts, loss_sum, loss_count, tick_losses, order):
                 ticks = state["tick"] + tf.range(size)
                 # Targets and weights travel with their frames: the top output at tick t
-                # belongs to frame t-(K-1), so the last K-1 of them are carried over.
-                new_targets = chunk_of(targets, targets if self.pool == "mean" else None, i, size)
-                new_weights = chunk_of(
-                    sample_weight, weight_of(0) if sample_weight is None
-                    or sample_weight.shape.rank == 1 else None, i, size,
-                )
-                if num_stages > 1:
-                    all_targets = tf.concat([tf.stack(state["targets"][::-1], 1), new_targets], 1)
-                    all_weights = tf.concat([tf.stack(state["weights"][::-1], 1), new_weights], 1)
+                # belongs to frame t-(K-1), so the last K-1 of them are carried over. A
+                # stateless clip's per-clip target is every tick's target, and without
+                # sample weights there are none to carry: those skip the per-tick bookkeeping.
+                keep = num_stages - 1
+                if carry_targets:
+                    new_targets = chunk_of(
+                        targets, targets if self.pool == "mean" else None, i, size)
+                    all_targets = tf.concat(
+                        [tf.stack(state["targets"][::-1], 1), new_targets], 1
+                    ) if keep else new_targets
+                    next_targets = [all_targets[:, -1 - j] for j in range(keep)]
                 else:
-                    all_targets, all_weights = new_targets, new_weights
+                    all_targets, next_targets = _repeat_time(targets, size), state["targets"]
+                if sample_weight is None:
+                    all_weights = None
+                    # Frames of an unweighted step stay unweighted in a continued stream.
+                    next_weights = [tf.ones_like(w) for w in state["weights"]] if (
+                        self.stateful) else state["weights"]
+                else:
+                    new_weights = chunk_of(
+                        sample_weight, sample_weight if sample_weight.shape.rank == 1 else None,
+                        i, size,
+                    )
+                    all_weights = tf.concat(
+                        [tf.stack(state["weights"][::-1], 1), new_weights], 1
+                    ) if keep else new_weights
+                    next_weights = [all_weights[:, -1 - j] for j in range(keep)]
                 top_valid = schedule.output_valid(num_stages, ticks)
 
                 # Bottom-up forward, one batched call per stage.
@@ -938,7 +956,7 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
                             self._check_no_call_losses()
                             frame_losses = self._tick_losses(
                                 all_targets[:, :size], output,
-                                None if sample_weight is None else all_weights[:, :size],
+                                None if all_weights is None else all_weights[:, :size],
                             )
                             objective = tf.where(top_valid, frame_losses, 0.0)
                             objective = tf.reduce_sum(objective) * loss_scale
@@ -1006,7 +1024,7 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
                     with tf.control_dependencies([order]):
                         self._compile_metrics.update_state(
                             valid(all_targets), valid(top),
-                            None if sample_weight is None else valid(all_weights),
+                            None if all_weights is None else valid(all_weights),
                         )
                     updated = [v.value for v in self._compile_metrics.variables]
                     with tf.control_dependencies(updated):
@@ -1021,14 +1039,13 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
                         lambda: apply_means(accumulators, counts),
                         lambda: (accumulators, counts),
                     )
-                keep = num_stages - 1
                 state = {
                     "tick": state["tick"] + size,
                     "activations": activations,
                     "cotangents": cotangents,
                     "histories": histories,
-                    "targets": [all_targets[:, -1 - j] for j in range(keep)],
-                    "weights": [all_weights[:, -1 - j] for j in range(keep)],
+                    "targets": next_targets,
+                    "weights": next_weights,
                 }
                 return (i + size, state, accumulators, counts, loss_sum, loss_count,
                         tick_losses, order)
@@ -1106,15 +1123,23 @@ def _merge_time(x: tf.Tensor) -> tf.Tensor:
 
 def _split_time(x: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
     """(B·T, …) -> (B, T, …) with B and T taken from ``like``."""
-    shape = tf.concat([tf.shape(like)[:2], tf.shape(x)[1:]], axis=0)
-    result = tf.reshape(x, shape)
+    if like.shape[1] is not None and x.shape[1:].is_fully_defined():
+        # One reshape with a constant shape: fewer ops in the tick loop's body.
+        result = tf.reshape(x, [-1, like.shape[1], *x.shape[1:]])
+    else:
+        shape = tf.concat([tf.shape(like)[:2], tf.shape(x)[1:]], axis=0)
+        result = tf.reshape(x, shape)
     result.set_shape(like.shape[:2].concatenate(x.shape[1:]))
     return result
 
 
 def _repeat_time(x: tf.Tensor, num_frames: Any) -> tf.Tensor:
     """Repeat a per-clip tensor (B, …) along a new time axis: (B, num_frames, …)."""
-    return tf.repeat(x[:, None], num_frames, axis=1)
+    # Tile rather than tf.repeat: two ops instead of a dozen, in the tick loop's body.
+    rest = [1] * (x.shape.rank - 1)
+    if isinstance(num_frames, int):
+        return tf.tile(x[:, None], [1, num_frames, *rest])
+    return tf.tile(x[:, None], tf.stack([1, num_frames, *rest]))
 
 
 def _causal_windows(sequence: tf.Tensor, window: int) -> tf.Tensor:
