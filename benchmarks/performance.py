@@ -9,8 +9,9 @@ that the ratios hold on a shared, noisy machine. Writes JSON and prints a table 
 The output file keeps the sections it already holds that this run did not measure.
 
 Sections:
-- ``throughput``: training frames/s, both modes, T in {16, 64}, same stages/data/process; and the
-  Sideways tick chunk (``tick_chunk``) as a knob.
+- ``throughput``: training frames/s, both modes, T in {16, 64}, same stages/data/process,
+  alternating rounds; the Sideways tick chunk (``tick_chunk``) and the loop's two iterations in
+  flight as knobs.
 - ``memory``: peak memory of one training step beyond what was allocated before it (the input
   clip is allocated before, so it is excluded), T in {16, 64, 128}.
 - ``trace``: first-step time (trace + one step) vs T.
@@ -74,36 +75,56 @@ def timed_steps(model: SidewaysModel, data: tuple, steps: int) -> float:
 
 
 def throughput(batch_size: int, steps: int, repeats: int) -> dict[str, Any]:
-    configs = [("backprop", None), ("sideways", None), ("sideways", 1), ("sideways", 16)]
+    """Frames/s of both modes, configurations alternating within every round.
+
+    The ratio is the median over rounds of each round's Sideways/backprop ratio (paired, so
+    that the machine's drift between rounds cancels). Besides the default (chunks of 4 ticks,
+    two loop iterations in flight) it shows chunks of 8, the literal per-tick pipeline (chunk
+    1), and chunks of 4 one iteration at a time (the loop's parallelism switched off).
+    """
+    configs = [("backprop", None, True), ("sideways", None, True), ("sideways", None, False),
+               ("sideways", 8, True), ("sideways", 1, True)]
     runs: dict[tuple, tuple] = {}
     for num_frames in (16, 64):
         data = clip_batch(num_frames, batch_size)
-        for mode, chunk in configs:
+        for mode, chunk, overlap in configs:
             keras.utils.set_random_seed(0)
             model = reference_model(mode, **({"tick_chunk": chunk} if chunk else {}))
+            if not overlap:
+                model._loop_parallelism = lambda apply_within: 1
             model.train_on_batch(*data)  # trace outside the timing
-            runs[(mode, chunk, num_frames)] = (model, data)
+            runs[(mode, chunk, overlap, num_frames)] = (model, data)
     samples: dict[tuple, list[float]] = {key: [] for key in runs}
     for _ in range(repeats):
         for key, (model, data) in runs.items():
             seconds = timed_steps(model, data, steps)
-            samples[key].append(steps * batch_size * key[2] / seconds)
+            samples[key].append(steps * batch_size * key[3] / seconds)
+
+    def name(mode: str, chunk: int | None, overlap: bool) -> str:
+        return mode + ("" if chunk is None else f"_chunk{chunk}") + (
+            "" if overlap else "_one_iteration_at_a_time")
+
     rates = {key: statistics.median(values) for key, values in samples.items()}
-    table = {
-        f"{mode}{'' if chunk is None else f'_chunk{chunk}'}_T{t}": rate
-        for (mode, chunk, t), rate in rates.items()
-    }
+    table = {f"{name(*key[:3])}_T{key[3]}": rate for key, rate in rates.items()}
     ratios = {
-        f"T{t}": rates[("sideways", None, t)] / rates[("backprop", None, t)] for t in (16, 64)
+        f"T{t}": statistics.median(
+            s / b for s, b in zip(samples[("sideways", None, True, t)],
+                                  samples[("backprop", None, True, t)], strict=True))
+        for t in (16, 64)
     }
-    print("\nTraining throughput (frames/s, median of repeats)")
-    print(f"{'configuration':<28}{'T=16':>10}{'T=64':>10}")
-    for mode, chunk in configs:
-        name = mode + ("" if chunk is None else f" (tick_chunk={chunk})")
-        print(f"{name:<28}{rates[(mode, chunk, 16)]:>10.1f}{rates[(mode, chunk, 64)]:>10.1f}")
-    print("sideways/backprop: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    print(f"\nTraining throughput (frames/s, median of {repeats} alternating rounds)")
+    print(f"{'configuration':<44}{'T=16':>10}{'T=64':>10}")
+    for mode, chunk, overlap in configs:
+        label = mode + ("" if chunk is None else f" (tick_chunk={chunk})") + (
+            "" if overlap else " (one iteration at a time)")
+        print(f"{label:<44}{rates[(mode, chunk, overlap, 16)]:>10.1f}"
+              f"{rates[(mode, chunk, overlap, 64)]:>10.1f}")
+    print("sideways/backprop (median of paired rounds): "
+          + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     return {"frames_per_second": table, "ratio_sideways_over_backprop": ratios,
-            "batch_size": batch_size}
+            "per_round_frames_per_second": {f"{name(*k[:3])}_T{k[3]}": v
+                                            for k, v in samples.items()},
+            "batch_size": batch_size, "steps_per_round": steps, "rounds": repeats}
 
 
 def peak_step_bytes(model: SidewaysModel, data: tuple) -> int:
@@ -186,7 +207,7 @@ def depth(batch_size: int, repeats: int = 30) -> dict[str, Any]:
     counts = {"isotropic_cnn_classifier": (2, 3, 4, 6)}
     frame = (IMAGE, IMAGE, 3)
     print("\nDepth parallelism (modeled from measured per-tick stage costs)")
-    print(f"{'network':<34}{'K':>3}{'as shipped':>12}{'balanced':>10}{'target':>8}")
+    print(f"{'network':<34}{'K':>3}{'as shipped':>12}{'balanced':>10}{'bound':>8}{'target':>8}")
     for name, net in networks.items():
         layers = _layers_of(net.stages)
         layer_costs = measure_costs(layers, frame, batch_size, repeats, within_stage=True)
@@ -202,16 +223,21 @@ def depth(batch_size: int, repeats: int = 30) -> dict[str, Any]:
                       for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
             balanced = measure_costs(groups, frame, batch_size, repeats)
             as_shipped = modeled_speedup(shipped) if num_stages == net.num_stages else None
+            # No cut can beat this: a stage costs at least the largest layer, and at least
+            # 1/K of the whole (from the layer costs within a stage).
+            total = sum(layer_costs)
+            bound = total / max(max(layer_costs), total / num_stages)
             entry["stages"][f"K{num_stages}"] = {
                 "cuts": cuts,
                 "balanced_stage_seconds": balanced,
                 "modeled_speedup_balanced": modeled_speedup(balanced),
                 "modeled_speedup_as_shipped": as_shipped,
+                "bound_from_largest_layer": bound,
                 "target": 0.9 * num_stages,
             }
             shown = "-" if as_shipped is None else f"{as_shipped:.2f}"
             print(f"{name:<34}{num_stages:>3}{shown:>12}{modeled_speedup(balanced):>10.2f}"
-                  f"{0.9 * num_stages:>8.2f}")
+                  f"{bound:>8.2f}{0.9 * num_stages:>8.2f}")
         results[name] = entry
     return results
 
@@ -295,7 +321,7 @@ def main() -> None:
     parser.add_argument("--output", default="benchmarks/results/performance.json")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(SECTIONS))
