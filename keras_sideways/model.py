@@ -803,7 +803,7 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
 
         Two let the work of the next chunk that does not wait on the carried buffers (reading
         its frames, stage 0's forward) overlap the upper stages and pullbacks of the current
-        one: measured 5-12% more frames/s here, for at most one more chunk of memory (still
+        one: measured 10-15% more frames/s here, for at most one more chunk of memory (still
         flat in T). More in flight would make memory grow with T. The iterations must run in
         order where the loop changes state a later iteration reads: updates inside the loop
         (`update_every`), and layers with non-trainable state (BatchNormalization statistics,
