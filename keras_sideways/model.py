@@ -801,10 +801,10 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
     def _loop_parallelism(self, apply_within: bool) -> int:
         """Tick-loop iterations in flight at once.
 
-        Two let the work of the next chunk that does not wait on the carried buffers (reading
-        its frames, stage 0's forward) overlap the upper stages and pullbacks of the current
-        one: measured 10-15% more frames/s here, for at most one more chunk of memory (still
-        flat in T). More in flight would make memory grow with T. The iterations must run in
+        The next chunk's forward needs only the current chunk's forward outputs (the carried
+        activations), not its pullbacks, so with two in flight it overlaps the current chunk's
+        pullbacks: measured 10-15% more frames/s here, for at most one more chunk of memory
+        (still flat in T). More in flight would make memory grow with T. The iterations must run in
         order where the loop changes state a later iteration reads: updates inside the loop
         (`update_every`), and layers with non-trainable state (BatchNormalization statistics,
         dropout seed generators).
