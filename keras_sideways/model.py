@@ -898,6 +898,15 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
             return [tf.zeros_like(a) for a in accumulators], tf.zeros_like(counts)
 
         carry_targets = self.stateful or self.pool != "mean"
+        # Stage 0's windows are gathered from the clip itself, after the stream's history in
+        # stateful mode (one copy of the clip per step instead of a gather and a concatenation
+        # per chunk); a stateless clip starts from edge padding, so its history is not needed.
+        window0 = self.temporal_windows[0]
+        stage0_elements, stage0_offset = clips, -(window0 - 1)
+        if window0 > 1 and self.stateful:
+            stage0_elements = tf.concat([state0["histories"]["0"], clips], axis=1)
+            stage0_offset = 0
+        stage0_first = schedule.first_valid_input_tick(0) - state0["tick"] + stage0_offset
 
         def run_chunk(size: int) -> Any:
             def body(i, state, accumulators, counts, loss_sum, loss_count, tick_losses, order):
@@ -935,18 +944,30 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
                 # Bottom-up forward, one batched call per stage.
                 tapes, stage_inputs, outputs, activations, histories = [], [], [], [], {}
                 flat_outputs = []  # as recorded on each stage's tape, the pullback's target
-                newest = tf.gather(clips, i + tf.range(size), axis=1)
                 for k, stage in enumerate(self.stages):
-                    if k > 0:
-                        newest = _carried_then(state["activations"][k - 1], outputs[k - 1])
-                        activations.append(outputs[k - 1][:, -1])
                     window = self.temporal_windows[k]
-                    inputs = newest
-                    if window > 1:
-                        inputs, histories[str(k)] = _chunk_windows(
-                            state["histories"][str(k)], newest, window,
-                            first=schedule.first_valid_input_tick(k) - state["tick"],
-                        )
+                    if k > 0:
+                        activations.append(outputs[k - 1][:, -1])
+                    if k == 0 and window > 1:
+                        # Straight from the clip (after the stream's history): one gather.
+                        inputs = tf.gather(stage0_elements, _window_positions(
+                            i + stage0_offset, size, window, stage0_first), axis=1)
+                        histories["0"] = state["histories"]["0"]  # taken after the loop
+                    elif k == 0:
+                        inputs = tf.gather(clips, i + tf.range(size), axis=1)
+                    elif window > 1:
+                        # History, carried element, then this chunk's outputs (the last is
+                        # not read): one concatenation, one gather.
+                        elements = tf.concat([
+                            state["histories"][str(k)], state["activations"][k - 1][:, None],
+                            outputs[k - 1],
+                        ], axis=1)
+                        first = schedule.first_valid_input_tick(k) - state["tick"]
+                        inputs = tf.gather(
+                            elements, _window_positions(0, size, window, first), axis=1)
+                        histories[str(k)] = elements[:, size:size + window - 1]
+                    else:
+                        inputs = _carried_then(state["activations"][k - 1], outputs[k - 1])
                     flat = _merge_time(inputs)
                     with self._device(k), tf.GradientTape() as tape:
                         tape.watch(flat)
@@ -1077,6 +1098,8 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
             )
         _, state, accumulators, counts, loss_sum, loss_count, tick_losses, _ = loop_vars
         if self.stateful:
+            if window0 > 1:
+                state["histories"]["0"] = stage0_elements[:, -(window0 - 1):]
             self._save_state(state)
         regularization_value, regularization = self._regularization(variables, loss_scale)
         if apply_within:
@@ -1174,10 +1197,20 @@ def _chunk_windows(
     """
     size = newest.shape[1]
     elements = tf.concat([history, newest], axis=1)
-    positions = tf.range(size)[:, None] + tf.range(window)[None, :]
-    newest_position = tf.range(size)[:, None] + (window - 1)
-    positions = tf.minimum(tf.maximum(positions, first + window - 1), newest_position)
-    return tf.gather(elements, positions, axis=1), elements[:, size:]
+    windows = tf.gather(elements, _window_positions(0, size, window, first), axis=1)
+    return windows, elements[:, size:]
+
+
+def _window_positions(start: Any, size: int, window: int, first: Any) -> tf.Tensor:
+    """Gather indices (size, window) of consecutive ticks' windows in a sequence of elements.
+
+    Tick c's window is elements ``start + c`` … ``start + c + w - 1``, newest last. Positions
+    before ``first + w - 1``, where the stage's first real element sits, are clamped to it:
+    edge padding, as at a stream start (``first`` as in `_chunk_windows` when ``start`` is 0).
+    """
+    ticks = start + tf.range(size)[:, None]
+    positions = ticks + tf.range(window)[None, :]
+    return tf.minimum(tf.maximum(positions, first + window - 1), ticks + (window - 1))
 
 
 def _check_temporal_windows(windows: Sequence[int] | None, num_stages: int) -> list[int]:

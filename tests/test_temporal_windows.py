@@ -120,17 +120,23 @@ def test_exact_forward_uses_edge_padded_causal_windows():
     assert max_relative_difference(backprop, expected) < 1e-5
 
 
-def test_stateful_chunks_carry_the_window_histories():
+@pytest.mark.parametrize(
+    "windows,pieces",
+    [([2, 3], [(0, 2), (2, 5), (5, 9)]),
+     # Pieces shorter than stage 0's history: it keeps frames from earlier steps.
+     ([3, 2], [(0, 1), (1, 2), (2, 5), (5, 6), (6, 9)])],
+)
+def test_stateful_chunks_carry_the_window_histories(windows, pieces):
     rng = np.random.default_rng(6)
     clips, targets = make_batch(rng, 2, 9, 2, "mse", per_frame=True)
-    one_pass = build([2, 3], 2, "mse", pool=None)
-    streaming = build([2, 3], 2, "mse", pool=None, stateful=True, tick_chunk=2)
+    one_pass = build(windows, 2, "mse", pool=None)
+    streaming = build(windows, 2, "mse", pool=None, stateful=True, tick_chunk=2)
     for model in (one_pass, streaming):
         model.build(clips.shape)
     streaming.set_weights(one_pass.get_weights())
     _, full = one_pass.compute_gradients(clips, targets, return_details=True)
     losses = []
-    for start, stop in [(0, 2), (2, 5), (5, 9)]:
+    for start, stop in pieces:
         _, details = streaming.compute_gradients(clips[:, start:stop], targets[:, start:stop],
                                                  return_details=True)
         losses.append(details["tick_losses"].numpy())
