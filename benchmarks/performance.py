@@ -207,12 +207,18 @@ def depth(batch_size: int, repeats: int = 30) -> dict[str, Any]:
     counts = {"isotropic_cnn_classifier": (2, 3, 4, 6)}
     frame = (IMAGE, IMAGE, 3)
     print("\nDepth parallelism (modeled from measured per-tick stage costs)")
-    print(f"{'network':<34}{'K':>3}{'as shipped':>12}{'balanced':>10}{'target':>8}")
+    print(f"{'network':<34}{'K':>3}{'as shipped':>12}{'balanced':>10}{'target':>8}"
+          f"{'largest layer':>15}")
     for name, net in networks.items():
         layers = _layers_of(net.stages)
         layer_costs = measure_costs(layers, frame, batch_size, repeats, within_stage=True)
         shipped = measure_costs(net.stages, frame, batch_size, repeats)
+        # The stage holding the largest layer costs at least that layer, so a layer with a share
+        # s of the network keeps the speed-up near 1/s, whatever the cuts (approximately: the
+        # per-stage call each measured stage pays is not in the layer figures).
+        largest_share = max(layer_costs) / sum(layer_costs)
         entry: dict[str, Any] = {"layer_seconds_within_stage": layer_costs,
+                                 "largest_layer_share": largest_share,
                                  "shipped_stage_seconds": shipped, "stages": {}}
         for num_stages in sorted({net.num_stages, *counts.get(name, (2, 3, 4))}):
             if num_stages > len(layers):
@@ -232,7 +238,7 @@ def depth(batch_size: int, repeats: int = 30) -> dict[str, Any]:
             }
             shown = "-" if as_shipped is None else f"{as_shipped:.2f}"
             print(f"{name:<34}{num_stages:>3}{shown:>12}{modeled_speedup(balanced):>10.2f}"
-                  f"{0.9 * num_stages:>8.2f}")
+                  f"{0.9 * num_stages:>8.2f}{100 * largest_share:>14.0f}%")
         results[name] = entry
     return results
 
