@@ -143,6 +143,28 @@ def test_stateful_chunks_carry_the_window_histories(windows, pieces):
     np.testing.assert_allclose(np.concatenate(losses), full["tick_losses"], rtol=1e-5)
 
 
+@pytest.mark.parametrize("stateful", [False, True])
+def test_chunked_windows_equal_the_per_tick_pipeline_for_known_and_unknown_lengths(stateful):
+    """Chunks of 3 over T = 7 (a shorter last chunk, or a one-tick loop when T is unknown at
+    tracing) give the per-tick pipeline's gradients, stage 0's windows gathered from the clip."""
+    rng = np.random.default_rng(8)
+    clips, targets = make_batch(rng, 2, 7, 2, "mse", per_frame=True)
+    options = {"stateful": True} if stateful else {}
+    reference = build([3, 2, 1], 2, "mse", pool=None, tick_chunk=1, **options)
+    expected = reference.compute_gradients(clips, targets)
+    for num_frames in (7, None):
+        model = build([3, 2, 1], 2, "mse", pool=None, tick_chunk=3, **options)
+        model.build(clips.shape)
+        model.set_weights(reference.get_weights())
+        traced = tf.function(
+            lambda c, t, m=model: m.compute_gradients(c, t),
+            input_signature=[tf.TensorSpec([2, num_frames, FEATURES]),
+                             tf.TensorSpec([2, num_frames, 2])],
+        )
+        difference = max_relative_difference(traced(clips, targets), expected)
+        assert difference < 1e-5, (num_frames, difference)
+
+
 @pytest.mark.parametrize(
     "windows,match",
     [([2], "gives 1 window lengths for 2 stages"), ([0, 1], r"`temporal_windows\[0\]` must be"),
