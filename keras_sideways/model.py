@@ -813,6 +813,17 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
             return 1
         return 2
 
+    def _fill_first_chunk(self, clips: tf.Tensor) -> bool:
+        """Whether the first chunk skips the pipeline's filling ticks (see `run_chunk`).
+
+        Only where the step surely starts an empty pipeline and the skipped calls change
+        nothing else: stateless, a clip length known at tracing (the first chunk then surely
+        fits), and stages without non-trainable state (a skipped call would not update
+        BatchNormalization statistics or advance a dropout seed).
+        """
+        return (not self.stateful and clips.shape[1] is not None
+                and not any(stage.non_trainable_variables for stage in self.stages))
+
     def _chunk_size(self, num_frames: int | None) -> int:
         """Ticks computed together per loop iteration (see ``tick_chunk``)."""
         if self.tick_chunk is not None:
@@ -908,7 +919,20 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
             stage0_offset = 0
         stage0_first = schedule.first_valid_input_tick(0) - state0["tick"] + stage0_offset
 
-        def run_chunk(size: int) -> Any:
+        def run_chunk(size: int, fill: bool = False) -> Any:
+            # Per stage: the chunk's first tick it computes, and its first taped tick (from
+            # which it pulls back). A filling chunk (`fill`) starts an empty stateless pipeline
+            # at tick 0, where stage k has no input before tick k and no valid cotangent before
+            # tick 2K-2-k (schedule): what it would compute there adds exactly nothing, so it
+            # is skipped. Any other chunk computes every tick, all taped.
+            starts = [(0, 0)] * num_stages
+            if fill:
+                starts = []
+                for k in range(num_stages):
+                    begin = min(schedule.first_valid_input_tick(k), size)
+                    valid_from = schedule.first_valid_cotangent_tick(num_stages, k)
+                    starts.append((begin, min(max(begin, valid_from), size)))
+
             def body(i, state, accumulators, counts, loss_sum, loss_count, tick_losses, order):
                 ticks = state["tick"] + tf.range(size)
                 # Targets and weights travel with their frames: the top output at tick t
@@ -944,10 +968,21 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
                 # Bottom-up forward, one batched call per stage.
                 tapes, stage_inputs, outputs, activations, histories = [], [], [], [], {}
                 flat_outputs = []  # as recorded on each stage's tape, the pullback's target
+                taped_outputs = []  # the outputs of the taped ticks, `outputs`' last ones
                 for k, stage in enumerate(self.stages):
                     window = self.temporal_windows[k]
+                    begin, taped_from = starts[k]
                     if k > 0:
-                        activations.append(outputs[k - 1][:, -1])
+                        activations.append(state["activations"][k - 1] if outputs[k - 1] is None
+                                           else outputs[k - 1][:, -1])
+                    if begin >= size:
+                        # The filling chunk does not reach this stage: it keeps its empty state.
+                        if window > 1:
+                            histories[str(k)] = state["histories"][str(k)]
+                        for collected in (tapes, stage_inputs, flat_outputs, taped_outputs,
+                                          outputs):
+                            collected.append(None)
+                        continue
                     if k == 0 and window > 1:
                         # Straight from the clip (after the stream's history): one gather.
                         inputs = tf.gather(stage0_elements, _window_positions(
@@ -955,6 +990,15 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
                         histories["0"] = state["histories"]["0"]  # taken after the loop
                     elif k == 0:
                         inputs = tf.gather(clips, i + tf.range(size), axis=1)
+                    elif fill:
+                        # Stage k-1's outputs at ticks begin-1 … size-2, all in this chunk.
+                        inputs = outputs[k - 1][:, :-1]
+                        if window > 1:
+                            span = size - begin
+                            histories[str(k)] = tf.gather(
+                                inputs, tf.maximum(tf.range(span - window + 1, span), 0), axis=1)
+                            inputs = tf.gather(inputs, _window_positions(
+                                1 - window, span, window, 1 - window), axis=1)
                     elif window > 1:
                         # History, carried element, then this chunk's outputs (the last is
                         # not read): one concatenation, one gather.
@@ -968,6 +1012,19 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
                         histories[str(k)] = elements[:, size:size + window - 1]
                     else:
                         inputs = _carried_then(state["activations"][k - 1], outputs[k - 1])
+                    early = None
+                    if taped_from > begin:
+                        # Ticks before the stage's first valid cotangent: forward only.
+                        untaped = inputs[:, :taped_from - begin]
+                        with self._device(k):
+                            early = _split_time(
+                                stage(_merge_time(untaped), training=True), untaped)
+                        inputs = inputs[:, taped_from - begin:]
+                    if taped_from >= size:
+                        for collected in (tapes, stage_inputs, flat_outputs, taped_outputs):
+                            collected.append(None)
+                        outputs.append(early)
+                        continue
                     flat = _merge_time(inputs)
                     with self._device(k), tf.GradientTape() as tape:
                         tape.watch(flat)
@@ -976,36 +1033,49 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
                         if k == num_stages - 1:
                             self._check_no_call_losses()
                             frame_losses = self._tick_losses(
-                                all_targets[:, :size], output,
-                                None if all_weights is None else all_weights[:, :size],
+                                all_targets[:, taped_from:size], output,
+                                None if all_weights is None
+                                else all_weights[:, taped_from:size],
                             )
-                            objective = tf.where(top_valid, frame_losses, 0.0)
+                            objective = tf.where(top_valid[taped_from:], frame_losses, 0.0)
                             objective = tf.reduce_sum(objective) * loss_scale
                     tapes.append(tape)
                     stage_inputs.append(flat)
                     flat_outputs.append(flat_output)
-                    outputs.append(output)
-                top = outputs[-1]
+                    taped_outputs.append(output)
+                    outputs.append(output if early is None else tf.concat([early, output], 1))
+                top = taped_outputs[-1]
+                top_from = starts[-1][1]  # the first tick of `top`
 
                 # Top-down pullbacks: the top's exact cotangent, then one tick old ones below.
                 gradients = [None] * len(variables)
                 cotangents = [None] * (num_stages - 1)
                 below = None
                 for k in reversed(range(num_stages)):
+                    if k < num_stages - 1:
+                        # Stage k+1's input cotangent at the chunk's last tick (none yet in a
+                        # filling chunk that did not reach stage k+1: the zero it holds).
+                        cotangents[k] = state["cotangents"][k] if below is None else below[:, -1]
+                    if tapes[k] is None:
+                        # Filling chunk: no valid cotangent reaches this stage, nor below it.
+                        below = None
+                        continue
                     sources = [stage_inputs[k]] if k > 0 else []
                     sources += [variables[p] for p in positions[k]]
                     with self._device(k):
                         if k == num_stages - 1:
                             result = _gradient(tapes[k], objective, sources)
                         else:
-                            cotangent = _carried_then(state["cotangents"][k], below)
-                            cotangents[k] = below[:, -1]
+                            # In a filling chunk stage k+1's cotangents start one tick before
+                            # stage k's taped ticks: nothing is carried in.
+                            cotangent = below[:, :-1] if fill else _carried_then(
+                                state["cotangents"][k], below)
                             result = _gradient(
                                 tapes[k], flat_outputs[k], sources,
                                 output_gradients=_merge_time(cotangent),
                             )
                     if k > 0:
-                        below = _split_time(result[0], outputs[k])
+                        below = _split_time(result[0], taped_outputs[k])
                         if self.temporal_windows[k] > 1:
                             # One cotangent per window position, summed into the one buffer
                             # of the stage below (Sideways keeps no older activations).
@@ -1016,6 +1086,8 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
                 # Sum each gradient where it was made: no parameter-sized transfer per tick.
                 accumulators = list(accumulators)
                 for k in range(num_stages):
+                    if tapes[k] is None:
+                        continue
                     with self._device(k):
                         for p in positions[k]:
                             accumulators[p] = accumulators[p] + gradients[p]
@@ -1026,25 +1098,33 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
                                           tf.float32))
                     for k in range(num_stages)
                 ])
-                reported = frame_losses * replicas
-                loss_sum += tf.reduce_sum(tf.where(top_valid, reported, 0.0))
-                loss_count += tf.reduce_sum(tf.cast(top_valid, tf.float32))
-                tick_losses = tick_losses.scatter(
-                    i + tf.range(size), tf.where(top_valid, reported, math.nan)
-                )
-                if update_metrics and self._compile_metrics is not None:
+                if top is None:
+                    # A filling chunk that does not reach the top: no output, no loss yet.
+                    tick_losses = tick_losses.scatter(
+                        i + tf.range(size), tf.fill([size], math.nan))
+                else:
+                    reported = frame_losses * replicas
+                    valid_top = top_valid[top_from:]
+                    loss_sum += tf.reduce_sum(tf.where(valid_top, reported, 0.0))
+                    loss_count += tf.reduce_sum(tf.cast(valid_top, tf.float32))
+                    values = tf.where(valid_top, reported, math.nan)
+                    if top_from:
+                        values = tf.concat([tf.fill([top_from], math.nan), values], 0)
+                    tick_losses = tick_losses.scatter(i + tf.range(size), values)
+                if top is not None and update_metrics and self._compile_metrics is not None:
                     # Only the ticks whose output belongs to a frame: a zero weight would not
                     # do, since Keras' unweighted `metrics` ignore sample weights.
-                    valid_ticks = tf.where(top_valid)[:, 0]
+                    valid_ticks = tf.where(valid_top)[:, 0]
 
                     def valid(tensor: tf.Tensor) -> tf.Tensor:
-                        return _merge_time(tf.gather(tensor[:, :size], valid_ticks, axis=1))
+                        return _merge_time(
+                            tf.gather(tensor[:, top_from:size], valid_ticks, axis=1))
 
                     # Metric updates read-modify-write their variables: chained through
                     # `order`, they keep the tick order with two loop iterations in flight.
                     with tf.control_dependencies([order]):
                         self._compile_metrics.update_state(
-                            valid(all_targets), valid(top),
+                            valid(all_targets), _merge_time(tf.gather(top, valid_ticks, axis=1)),
                             None if all_weights is None else valid(all_weights),
                         )
                     updated = [v.value for v in self._compile_metrics.variables]
@@ -1083,6 +1163,8 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
             tf.TensorArray(tf.float32, size=num_frames),
             tf.constant(0.0),
         )
+        if self._fill_first_chunk(clips):
+            loop_vars = run_chunk(chunk, fill=True)(*loop_vars)
         loop_vars = tf.while_loop(
             lambda i, *_: i + chunk <= num_frames, run_chunk(chunk), loop_vars,
             parallel_iterations=self._loop_parallelism(apply_within),

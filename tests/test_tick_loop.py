@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from keras_sideways import SidewaysModel
-from tests.test_exactness import dense_stages, max_relative_difference
+from tests.test_exactness import build_model, dense_stages, make_batch, max_relative_difference
 
 LOSSES = {
     "sparse_crossentropy_logits": (
@@ -108,3 +108,36 @@ def test_a_known_clip_length_ends_in_one_shorter_chunk():
         )
         difference = max_relative_difference(traced(clips, targets), expected)
         assert difference < 1e-5, (num_frames, difference)
+
+
+def test_the_filling_chunk_is_taken_only_where_the_pipeline_surely_starts_empty():
+    known = tf.zeros([2, 9, 3])
+    unknown = tf.keras.Input((None, 3), batch_size=2)  # a symbolic clip of unknown length
+    assert SidewaysModel(dense_stages(3, 4))._fill_first_chunk(known)
+    assert not SidewaysModel(dense_stages(3, 4))._fill_first_chunk(unknown)
+    assert not SidewaysModel(dense_stages(3, 4), stateful=True)._fill_first_chunk(known)
+    batch_norm = [keras.Sequential([keras.layers.Dense(4), keras.layers.BatchNormalization()]),
+                  keras.layers.Dense(4)]
+    model = SidewaysModel(batch_norm)
+    model.build((2, 9, 3))
+    assert not model._fill_first_chunk(known)
+
+
+@pytest.mark.parametrize("update_every,tick_chunk", [(None, 4), (None, 1), (2, None), (3, 3)])
+def test_the_filling_chunk_changes_no_update(update_every, tick_chunk):
+    """A stateless step skips the empty pipeline's filling ticks; a stateful stream's first step
+    starts from the same empty pipeline but computes every tick: same weights after the step."""
+    rng = np.random.default_rng(11)
+    clips, targets = make_batch(rng, 2, 9, 2, "mse", per_frame=True)
+    options = {"update_every": update_every, "tick_chunk": tick_chunk}
+    skipping = build_model(3, 2, "mse", pool=None, **options)
+    every_tick = build_model(3, 2, "mse", pool=None, stateful=True, **options)
+    for model in (skipping, every_tick):
+        model.build(clips.shape)
+    every_tick.set_weights(skipping.get_weights())
+    assert skipping._fill_first_chunk(tf.constant(clips))
+    assert not every_tick._fill_first_chunk(tf.constant(clips))
+    for model in (skipping, every_tick):
+        model.train_on_batch(clips, targets)
+    for skipped, computed in zip(skipping.get_weights(), every_tick.get_weights(), strict=True):
+        np.testing.assert_allclose(skipped, computed, rtol=1e-5, atol=1e-6)
