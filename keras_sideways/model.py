@@ -124,7 +124,9 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
             fixed between updates, so a stage's C ticks are independent given the carried
             buffers); larger chunks trade memory (it grows with C, never with T) for speed on
             one device. 1 is the literal per-tick pipeline. Two chunks are in flight at once
-            unless the loop changes state (see `_loop_parallelism`).
+            unless the loop changes state (see `_loop_parallelism`), and a stateless step's
+            first chunk skips the empty pipeline's filling ticks, which add nothing (see
+            `_fill_first_chunk`).
         **kwargs: passed to `keras.Model` (e.g. ``name``).
     """
 
@@ -869,8 +871,9 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
         t0…t0+C-2. That is exactly the per-tick recurrence (each stage meets each frame once,
         at the same tick, with the same cotangent), with larger batches per call; memory grows
         with C, not with T. C = 1 is the literal per-tick pipeline. The loop body is traced
-        once, plus once for a shorter last chunk of T mod C ticks (a one-tick loop when T is
-        unknown at tracing), so the graph does not grow with T.
+        once, plus once for a first chunk that skips an empty pipeline's filling ticks
+        (`_fill_first_chunk`) and once for a shorter last chunk of T mod C ticks (a one-tick
+        loop when T is unknown at tracing), so the graph does not grow with T.
         """
         num_stages = self.num_stages
         variables = list(self.trainable_variables)
