@@ -811,9 +811,14 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
         (`update_every`), and layers with non-trainable state (BatchNormalization statistics,
         dropout seed generators).
         """
-        if apply_within or any(stage.non_trainable_variables for stage in self.stages):
+        if apply_within or self._stages_hold_state():
             return 1
         return 2
+
+    def _stages_hold_state(self) -> bool:
+        """Whether a stage call changes state a later call reads (BatchNormalization
+        statistics, dropout seed generators): its calls may be neither reordered nor skipped."""
+        return any(stage.non_trainable_variables for stage in self.stages)
 
     def _fill_first_chunk(self, clips: tf.Tensor) -> bool:
         """Whether the first chunk skips the pipeline's filling ticks (see `run_chunk`).
@@ -824,7 +829,7 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
         BatchNormalization statistics or advance a dropout seed).
         """
         return (not self.stateful and clips.shape[1] is not None
-                and not any(stage.non_trainable_variables for stage in self.stages))
+                and not self._stages_hold_state())
 
     def _chunk_size(self, num_frames: int | None) -> int:
         """Ticks computed together per loop iteration (see ``tick_chunk``)."""
@@ -997,11 +1002,10 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
                         # Stage k-1's outputs at ticks begin-1 … size-2, all in this chunk.
                         inputs = outputs[k - 1][:, :-1]
                         if window > 1:
-                            span = size - begin
-                            histories[str(k)] = tf.gather(
-                                inputs, tf.maximum(tf.range(span - window + 1, span), 0), axis=1)
                             inputs = tf.gather(inputs, _window_positions(
-                                1 - window, span, window, 1 - window), axis=1)
+                                1 - window, size - begin, window, 1 - window), axis=1)
+                            # The last tick's window, but its oldest: the next chunk's history.
+                            histories[str(k)] = inputs[:, -1, 1:]
                     elif window > 1:
                         # History, carried element, then this chunk's outputs (the last is
                         # not read): one concatenation, one gather.
