@@ -324,7 +324,7 @@ def input_wait(batch_size: int, epochs: int = 16) -> dict[str, Any]:
             blocked.append(waited)
             total.append(elapsed)
     waiting = sum(blocked) / sum(total)
-    per_epoch_wait = [max(0.0, 1 - m / p) for m, p in zip(times["memory"], times["pipeline"],
+    per_epoch_slowdown = [max(0.0, 1 - m / p) for m, p in zip(times["memory"], times["pipeline"],
                                                            strict=True)]
     # The first fit call of each model pays Keras' one-off set-up: the median is the figure.
     slowdown = 1 - statistics.median(times["memory"]) / statistics.median(times["pipeline"])
@@ -332,7 +332,7 @@ def input_wait(batch_size: int, epochs: int = 16) -> dict[str, Any]:
           "clips sampled from memory)")
     print(f"decoding {steps * batch_size} videos before training: {decode_seconds:.1f} s")
     print(f"{'epoch':<8}{'memory s':>10}{'pipeline s':>12}{'slower':>8}")
-    for epoch, (m, p, w) in enumerate(zip(times["memory"], times["pipeline"], per_epoch_wait,
+    for epoch, (m, p, w) in enumerate(zip(times["memory"], times["pipeline"], per_epoch_slowdown,
                                           strict=True)):
         print(f"{epoch + 1:<8}{m:>10.2f}{p:>12.2f}{100 * w:>7.1f}%")
     print(f"fed by the pipeline, training is {100 * max(slowdown, 0.0):.1f}% slower than fed from "
@@ -341,7 +341,7 @@ def input_wait(batch_size: int, epochs: int = 16) -> dict[str, Any]:
           f"{sum(blocked):.2f} s of {sum(total):.1f} s; target <= 5%)")
     return {"waiting": waiting, "waiting_seconds": blocked, "training_seconds": total,
             "slowdown": max(slowdown, 0.0), "epoch_seconds": times,
-            "slowdown_per_epoch": per_epoch_wait,
+            "slowdown_per_epoch": per_epoch_slowdown,
             "decode_seconds_before_training": decode_seconds, "steps_per_epoch": steps,
             "batch_size": batch_size, "num_frames": num_frames}
 
