@@ -25,7 +25,7 @@ def export_saved_model(model: Any, filepath: str | Path, verbose: Any = None) ->
         raise ValueError(
             "Export needs a built model: call it on a batch of clips (or fit it) first."
         )
-    frame_shape = tuple(model._frame_shape)
+    frame_shape = tuple(model.state_layout.frame_shape)
     dtype = keras.config.floatx()
     state_spec = {
         key: tf.TensorSpec([None] * 0 if key == "tick" else [None] + list(value.shape[1:]),

@@ -1,0 +1,128 @@
+"""The model's side of one training step: `keras_sideways.pipeline` wired to a compiled model.
+
+`run_pass` computes a step's gradients and details in either mode; `SidewaysModel.train_step`
+and `compute_gradients` call it, then apply (`apply_if_any`) or return. What the model
+contributes to the recurrence (its compiled loss, metrics, in-loop optimizer updates, the stateful
+buffers) is plugged in here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from keras_sideways.pipeline import exact, loop
+from keras_sideways.pipeline import gradients as bookkeeping
+from keras_sideways.pipeline import losses as step_losses
+from keras_sideways.pipeline.tensors import merge_time, num_replicas
+
+
+def metrics_update(model: Any, update_metrics: bool, ticks: bool) -> Any:
+    """The metric update hook (None: metrics untouched); ``ticks``: inputs are (B, n, …)."""
+    if not update_metrics or model._compile_metrics is None:
+        return None
+
+    def update(targets: Any, outputs: tf.Tensor, weights: Any) -> list:
+        if ticks:
+            targets, outputs = merge_time(targets), merge_time(outputs)
+            weights = None if weights is None else merge_time(weights)
+        model._compile_metrics.update_state(targets, outputs, weights)
+        return [v.value for v in model._compile_metrics.variables]
+
+    return update
+
+
+def run_pass(model: Any, mode: str, clips: tf.Tensor, targets: tf.Tensor, sample_weight: Any, *,
+             loss_scale: Any, update_metrics: bool = False,
+             apply_within: bool = False) -> dict[str, Any]:
+    """One step's ``gradients``, ``loss``, ``tick_losses`` and ``contributions`` in ``mode``."""
+    if mode == "backprop":
+        return exact.backprop_gradients(
+            lambda c: model.sequence_forward(c, training=True), model._frame_loss,
+            model._additional_loss, list(model.trainable_variables), clips, targets,
+            sample_weight, per_clip=model.pool == "mean", num_stages=model.num_stages,
+            loss_scale=loss_scale, update_metrics=metrics_update(model, update_metrics, False))
+    return sideways_pass(model, clips, targets, sample_weight, loss_scale, update_metrics,
+                         apply_within)
+
+
+def sideways_pass(model: Any, clips: tf.Tensor, targets: tf.Tensor, sample_weight: Any,
+                  loss_scale: Any, update_metrics: bool, apply_within: bool) -> dict[str, Any]:
+    """The Sideways step (`pipeline.loop.run_step`) with the model's loss, metrics and optimizer
+    as hooks, from and to the stateless or stateful pipeline state."""
+    variables = list(model.trainable_variables)
+    positions = bookkeeping.stage_variable_positions(model.stages, variables)
+
+    def regularization() -> tuple[Any, list]:
+        return step_losses.regularization(model._additional_loss, variables, loss_scale)
+
+    def regularized(accumulators: list, counts: tf.Tensor, added: list) -> list:
+        means = bookkeeping.to_model_order(
+            bookkeeping.stage_means(accumulators, counts), positions, variables)
+        return [m + r for m, r in zip(means, added, strict=True)]
+
+    def apply_means(accumulators: list, counts: tf.Tensor) -> tuple[list, tf.Tensor]:
+        apply_if_any(model, regularized(accumulators, counts, regularization()[1]), counts,
+                     may_be_empty=True)
+        return tf.nest.map_structure(tf.zeros_like, accumulators), tf.zeros_like(counts)
+
+    hooks = loop.StepHooks(
+        tick_losses=lambda *batch: step_losses.tick_losses(model._frame_loss, *batch),
+        update_metrics=metrics_update(model, update_metrics, True),
+        apply_means=apply_means if apply_within else None,
+        before_top=model._check_no_call_losses, loss_scale=loss_scale,
+        replicas=num_replicas())
+    per_clip = model.pool == "mean"
+    frames = loop.Frames(clips, targets, sample_weight, per_clip,
+                         carry_targets=model.stateful or not per_clip)
+    state, totals = loop.run_step(
+        model.stages, model.temporal_windows, model._device,
+        bookkeeping.per_stage(variables, positions), initial_state(model, frames), frames,
+        model.tick_plan(clips.shape[1], apply_within), hooks, stateful=model.stateful,
+        update_every=model.update_every)
+    if model.stateful:
+        model._buffers.save(state)
+    regularization_value, added = regularization()
+    if apply_within:
+        gradients = [tf.zeros(v.shape, v.dtype) for v in variables]
+    else:
+        gradients = regularized(totals.accumulators, totals.counts, added)
+    mean_loss = tf.where(totals.loss_count > 0,
+                         totals.loss_sum / tf.maximum(totals.loss_count, 1.0),
+                         tf.constant(float("nan")))
+    return {"gradients": gradients, "loss": mean_loss + regularization_value,
+            "tick_losses": totals.tick_losses.stack(), "contributions": totals.counts}
+
+
+def initial_state(model: Any, frames: loop.Frames) -> Any:
+    """The pipeline state a step starts from: empty, or a stateful model's stored streams."""
+    clips, targets, sample_weight = frames.clips, frames.targets, frames.weights
+    # Static where known: loop variables keep the batch dimension across iterations.
+    batch = clips.shape[0] if clips.shape[0] is not None else tf.shape(clips)[0]
+    first_target = targets if frames.per_clip else targets[:, 0]
+    first_weight = tf.ones([batch], tf.float32) if sample_weight is None else (
+        sample_weight if sample_weight.shape.rank == 1 else sample_weight[:, 0])
+    state = model.state_layout.fresh(batch, first_target, first_weight)
+    return model._buffers.read(state) if model.stateful else state
+
+
+def apply_if_any(model: Any, gradients: list, counts: tf.Tensor, may_be_empty: bool) -> None:
+    """Apply an update, skipping it when no stage had a valid contribution.
+
+    Only a stateful chunk still filling the pipeline, or an `update_every` point before the
+    first valid cotangent, can be empty; a stateless clip always has contributions (its length
+    was checked), so it applies without a conditional.
+    """
+    variables = list(model.trainable_variables)
+
+    def apply() -> tf.Tensor:
+        model.optimizer.apply(gradients, variables)
+        return tf.constant(True)
+
+    if may_be_empty and num_replicas() == 1:
+        tf.cond(tf.reduce_any(counts > 0), apply, lambda: tf.constant(False))
+    else:
+        # Under a multi-replica strategy the optimizer's cross-replica sync (merge_call) cannot
+        # sit inside a conditional, so an empty stateful chunk applies zeros there.
+        apply()
