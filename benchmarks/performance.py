@@ -47,6 +47,7 @@ from keras_sideways.partition import (  # noqa: E402
     measure_costs,
     modeled_speedup,
 )
+from keras_sideways.pipeline.policy import TickLoop  # noqa: E402
 
 IMAGE = 64
 CLASSES = 4
@@ -91,7 +92,7 @@ def throughput(batch_size: int, steps: int, repeats: int) -> dict[str, Any]:
             keras.utils.set_random_seed(0)
             model = reference_model(mode, **({"tick_chunk": chunk} if chunk else {}))
             if not overlap:
-                model._loop_parallelism = lambda apply_within: 1
+                model.tick_loop = TickLoop(parallel_iterations=1)
             model.train_on_batch(*data)  # trace outside the timing
             runs[(mode, chunk, overlap, num_frames)] = (model, data)
     samples: dict[tuple, list[float]] = {key: [] for key in runs}

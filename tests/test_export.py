@@ -107,7 +107,7 @@ def test_saved_model_served_by_plain_tensorflow_in_another_process(tmp_path, poo
     clips, targets = clips_and_targets(pool)
     model.fit(clips, targets, batch_size=3, epochs=1, verbose=0)
     expected = model.predict(clips, verbose=0)
-    per_frame = model._sequence_forward(clips, training=False).numpy()
+    per_frame = model.sequence_forward(clips, training=False).numpy()
     export_dir = tmp_path / "saved"
     model.export(export_dir)
 

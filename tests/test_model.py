@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from keras_sideways import SidewaysModel
-from keras_sideways.model import DEFAULT_TICK_CHUNK
+from keras_sideways.pipeline.policy import DEFAULT_TICK_CHUNK
 from tests.test_exactness import build_model, dense_stages, make_batch
 
 
@@ -322,12 +322,12 @@ def test_stages_with_batch_normalization_run_one_tick_per_call():
     stages = [keras.Sequential([keras.layers.Dense(4), keras.layers.BatchNormalization()]),
               keras.layers.Dense(2)]
     model = SidewaysModel(stages)
-    assert model._chunk_size(16) == 1
-    assert SidewaysModel(dense_stages(2, 2))._chunk_size(16) == DEFAULT_TICK_CHUNK
+    assert model.tick_plan(16).chunk == 1
+    assert SidewaysModel(dense_stages(2, 2)).tick_plan(16).chunk == DEFAULT_TICK_CHUNK
     # With update_every the chunk is the largest divisor of it not above the chunk asked for.
-    assert SidewaysModel(dense_stages(2, 2), update_every=6)._chunk_size(16) == 3
-    assert SidewaysModel(dense_stages(2, 2), tick_chunk=8, update_every=6)._chunk_size(16) == 6
-    assert SidewaysModel(dense_stages(2, 2), tick_chunk=4, update_every=6)._chunk_size(16) == 3
+    assert SidewaysModel(dense_stages(2, 2), update_every=6).tick_plan(16).chunk == 3
+    assert SidewaysModel(dense_stages(2, 2), tick_chunk=8, update_every=6).tick_plan(16).chunk == 6
+    assert SidewaysModel(dense_stages(2, 2), tick_chunk=4, update_every=6).tick_plan(16).chunk == 3
     model.compile(optimizer="sgd", loss="mse")
     model.fit(np.ones((4, 5, 3), "float32"), np.zeros((4, 2), "float32"), verbose=0)
 
@@ -355,6 +355,6 @@ def test_training_metrics_see_only_outputs_that_belong_to_frames(tick_chunk):
 def test_stage_devices_default_to_one_tick_per_call():
     """Depth parallelism needs every tick's stage computations independent of each other."""
     placed = SidewaysModel(dense_stages(2, 2), stage_devices=["/CPU:0", "/CPU:1"])
-    assert placed._chunk_size(16) == 1
+    assert placed.tick_plan(16).chunk == 1
     chosen = SidewaysModel(dense_stages(2, 2), stage_devices=["/CPU:0", "/CPU:1"], tick_chunk=4)
-    assert chosen._chunk_size(16) == 4
+    assert chosen.tick_plan(16).chunk == 4

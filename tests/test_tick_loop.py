@@ -9,6 +9,8 @@ import pytest
 import tensorflow as tf
 
 from keras_sideways import SidewaysModel
+from keras_sideways.pipeline import losses
+from keras_sideways.pipeline.policy import TickLoop
 from tests.test_exactness import build_model, dense_stages, make_batch, max_relative_difference
 
 LOSSES = {
@@ -40,21 +42,25 @@ def targets_and_outputs(kind: str, rng: np.random.Generator, batch: int, ticks: 
     (name, weighted) for name in sorted(LOSSES) for weighted in (False, True)
     if not (weighted and LOSSES[name][1] == "pixels")
 ])
-def test_vectorised_tick_losses_equal_one_compiled_loss_call_per_tick(name, weighted):
-    """Each tick's value is what the compiled loss gives that tick's batch alone."""
+def test_vectorised_tick_losses_equal_one_loss_call_per_tick(name, weighted):
+    """Each tick's value is what the loss gives that tick's batch alone, whatever its
+    reduction."""
     make_loss, kind = LOSSES[name]
     rng = np.random.default_rng(len(name))
-    model = SidewaysModel(dense_stages(2, 5))
-    model.compile(optimizer="sgd", loss=make_loss())
+    loss = make_loss()
+
+    def frame_loss(targets, outputs, weights):
+        return loss(targets, outputs, sample_weight=weights)
+
     targets, outputs = targets_and_outputs(kind, rng, batch=3, ticks=4)
     weights = rng.uniform(0.1, 2.0, size=(3, 4)).astype("float32") if weighted else None
-    vectorised = model._tick_losses(
-        tf.constant(targets), tf.constant(outputs),
+    vectorised = losses.tick_losses(
+        frame_loss, tf.constant(targets), tf.constant(outputs),
         None if weights is None else tf.constant(weights),
     ).numpy()
     one_by_one = [
-        float(model._frame_loss(tf.constant(targets[:, j]), tf.constant(outputs[:, j]),
-                                None if weights is None else tf.constant(weights[:, j])))
+        float(frame_loss(tf.constant(targets[:, j]), tf.constant(outputs[:, j]),
+                         None if weights is None else tf.constant(weights[:, j])))
         for j in range(4)
     ]
     np.testing.assert_allclose(vectorised, one_by_one, rtol=1e-6)
@@ -88,6 +94,10 @@ def test_two_iterations_in_flight_only_where_nothing_in_the_loop_changes_state()
         stages = dense_stages(3, 4)
         stages[1] = keras.Sequential([stages[1], stateful_layer])
         assert parallelism(SidewaysModel(stages)) == [1]
+    # The documented hook: a model told to run one iteration at a time does so.
+    model = SidewaysModel(dense_stages(3, 4))
+    model.tick_loop = TickLoop(parallel_iterations=1)
+    assert parallelism(model) == [1]
 
 
 def test_a_known_clip_length_ends_in_one_shorter_chunk():
@@ -113,14 +123,14 @@ def test_a_known_clip_length_ends_in_one_shorter_chunk():
 def test_the_filling_chunk_is_taken_only_where_the_pipeline_surely_starts_empty():
     known = tf.zeros([2, 9, 3])
     unknown = tf.keras.Input((None, 3), batch_size=2)  # a symbolic clip of unknown length
-    assert SidewaysModel(dense_stages(3, 4))._fill_first_chunk(known)
-    assert not SidewaysModel(dense_stages(3, 4))._fill_first_chunk(unknown)
-    assert not SidewaysModel(dense_stages(3, 4), stateful=True)._fill_first_chunk(known)
+    assert SidewaysModel(dense_stages(3, 4)).tick_plan(known.shape[1]).fill_first
+    assert not SidewaysModel(dense_stages(3, 4)).tick_plan(unknown.shape[1]).fill_first
+    assert not SidewaysModel(dense_stages(3, 4), stateful=True).tick_plan(known.shape[1]).fill_first
     batch_norm = [keras.Sequential([keras.layers.Dense(4), keras.layers.BatchNormalization()]),
                   keras.layers.Dense(4)]
     model = SidewaysModel(batch_norm)
     model.build((2, 9, 3))
-    assert not model._fill_first_chunk(known)
+    assert not model.tick_plan(known.shape[1]).fill_first
 
 
 @pytest.mark.parametrize("update_every,tick_chunk", [(None, 4), (None, 1), (2, None), (3, 3)])
@@ -135,8 +145,8 @@ def test_the_filling_chunk_changes_no_update(update_every, tick_chunk):
     for model in (skipping, every_tick):
         model.build(clips.shape)
     every_tick.set_weights(skipping.get_weights())
-    assert skipping._fill_first_chunk(tf.constant(clips))
-    assert not every_tick._fill_first_chunk(tf.constant(clips))
+    assert skipping.tick_plan(clips.shape[1]).fill_first
+    assert not every_tick.tick_plan(clips.shape[1]).fill_first
     for model in (skipping, every_tick):
         model.train_on_batch(clips, targets)
     for skipped, computed in zip(skipping.get_weights(), every_tick.get_weights(), strict=True):
