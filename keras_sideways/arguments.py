@@ -154,15 +154,9 @@ def check_clip_length(num_stages: int, clips: tf.Tensor) -> None:
     if num_frames is not None:
         schedule.check_clip_length(num_stages, num_frames)
         return
-    needed = schedule.min_clip_length(num_stages)
     tf.debugging.assert_greater_equal(
-        tf.shape(clips)[1],
-        needed,
-        message=(
-            f"Sideways training with K={num_stages} stages needs clips of at "
-            f"least 2K-1={needed} frames in stateless mode (use longer clips, fewer "
-            "stages or stateful=True); clip length T"
-        ),
+        tf.shape(clips)[1], schedule.min_clip_length(num_stages),
+        message=schedule.short_clip_message(num_stages),
     )
 
 

@@ -101,6 +101,16 @@ def contributions(num_stages: int, stage: int, num_frames: int, start_tick: int 
     return max(0, start_tick + num_frames - first)
 
 
+def short_clip_message(num_stages: int) -> str:
+    """The start of the error for a too-short stateless clip whose length is known only when it
+    runs (the graph assertion appends T)."""
+    return (
+        f"Sideways training with K={num_stages} stages needs clips of at least "
+        f"2K-1={min_clip_length(num_stages)} frames in stateless mode (use longer clips, fewer "
+        "stages or stateful=True); clip length T"
+    )
+
+
 def check_clip_length(num_stages: int, num_frames: int) -> None:
     """Raise a ValueError that explains the remedies when a stateless clip is too short."""
     needed = min_clip_length(num_stages)
