@@ -29,6 +29,15 @@ def no_device(stage: int) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def built_stages() -> list[keras.layers.Layer]:
+    """The dense stages of tests/test_exactness.py, built for (B, FEATURES) frames."""
+    keras.utils.set_random_seed(0)
+    stages = dense_stages(K, OUTPUTS)
+    for stage in stages:
+        stage.build((None, FEATURES if stage is stages[0] else stages[0].units))
+    return stages
+
+
 def random_state(rng: np.random.Generator, hidden: int) -> tuple[PipelineState, dict]:
     """A mid-stream state: every activation and cotangent buffer holds something."""
     arrays = {
@@ -69,10 +78,7 @@ def numpy_chunk(stages, arrays, clips, targets):
 @pytest.mark.parametrize("size", [1, 4])
 def test_one_chunk_forward_and_pullback_equal_the_per_tick_recurrence(size):
     rng = np.random.default_rng(size)
-    keras.utils.set_random_seed(0)
-    stages = dense_stages(K, OUTPUTS)
-    for stage in stages:
-        stage.build((None, FEATURES if stage is stages[0] else stages[0].units))
+    stages = built_stages()
     hidden = stages[0].units
     state, arrays = random_state(rng, hidden)
     clips = rng.normal(size=(BATCH, size, FEATURES))
@@ -105,13 +111,10 @@ def test_one_chunk_forward_and_pullback_equal_the_per_tick_recurrence(size):
 def test_a_filling_chunk_skips_exactly_the_ticks_that_add_nothing():
     """From the empty pipeline, the filling chunk's gradient sums equal the full chunk's."""
     rng = np.random.default_rng(3)
-    keras.utils.set_random_seed(0)
-    stages = dense_stages(K, OUTPUTS)
+    stages = built_stages()
     size = 5  # 2K-1: stage 0's first valid cotangent arrives at the last tick
     clips = tf.constant(rng.normal(size=(BATCH, size, FEATURES)), tf.float32)
     targets = rng.normal(size=(BATCH, size, OUTPUTS))
-    for stage in stages:
-        stage.build((None, FEATURES if stage is stages[0] else stages[0].units))
     zeros = [tf.zeros((BATCH, stages[0].units)) for _ in range(K - 1)]
     empty = PipelineState(tf.constant(0, tf.int32), zeros, zeros, {}, [], [])
     mse = keras.losses.MeanSquaredError()
@@ -138,10 +141,7 @@ def test_a_filling_chunk_skips_exactly_the_ticks_that_add_nothing():
 
 def test_a_stream_tick_is_the_pipelined_forward_of_one_tick():
     rng = np.random.default_rng(4)
-    keras.utils.set_random_seed(0)
-    stages = dense_stages(K, OUTPUTS)
-    for stage in stages:
-        stage.build((None, FEATURES if stage is stages[0] else stages[0].units))
+    stages = built_stages()
     state, arrays = random_state(rng, stages[0].units)
     frame = rng.normal(size=(BATCH, FEATURES))
     output, following = stream_tick(stages, [1] * K, no_device, state,
