@@ -174,3 +174,14 @@ def check_stream_batch(known: int | None, batch_size: int | None) -> int:
             "(e.g. `drop_remainder=True`), or build a new model for another batch size."
         )
     return int(batch_size)
+
+
+def check_update_every_replicas(update_every: int | None, mode: str, replicas: float) -> None:
+    """In-loop updates cannot be synchronised across replicas: a clear error instead."""
+    if update_every is not None and mode == "sideways" and replicas > 1:
+        raise NotImplementedError(
+            f"update_every={update_every} applies optimizer updates inside the tick "
+            "loop, which a multi-replica tf.distribute strategy cannot synchronise "
+            f"({replicas:.0f} replicas here: a merge_call inside control flow). Use "
+            "update_every=None (one update per step) under the strategy."
+        )

@@ -258,13 +258,7 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
         clips, targets, sample_weight = self._prepare_batch(
             clips, targets, sample_weight, self.mode
         )
-        if self.update_every is not None and self.mode == "sideways" and num_replicas() > 1:
-            raise NotImplementedError(
-                f"update_every={self.update_every} applies optimizer updates inside the tick "
-                "loop, which a multi-replica tf.distribute strategy cannot synchronise "
-                f"({num_replicas():.0f} replicas here: a merge_call inside control flow). Use "
-                "update_every=None (one update per step) under the strategy."
-            )
+        arguments.check_update_every_replicas(self.update_every, self.mode, num_replicas())
         apply_within = self.mode == "sideways" and self.update_every is not None
         result = steps.run_pass(self, self.mode, clips, targets, sample_weight,
                                 loss_scale=self.optimizer.scale_loss(tf.constant(1.0)),
@@ -381,13 +375,3 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
         """`model.losses` (regularisers, and in backprop mode `add_loss`) summed, float32."""
         losses = [self._aggregate_additional_loss(loss) for loss in self.losses]
         return tf.cast(tf.add_n(losses), tf.float32) if losses else tf.constant(0.0)
-
-    def _check_no_call_losses(self) -> None:
-        for layer in self._flatten_layers(include_self=False):
-            if layer._get_own_losses():
-                self._clear_losses()
-                raise NotImplementedError(
-                    f"Layer {layer.name!r} adds a loss during its call (activity regularisation "
-                    "or add_loss). Sideways mode supports weight regularisers only; remove it or "
-                    "use mode='backprop'."
-                )

@@ -71,7 +71,7 @@ def sideways_pass(model: Any, clips: tf.Tensor, targets: tf.Tensor, sample_weigh
         tick_losses=lambda *batch: step_losses.tick_losses(model._frame_loss, *batch),
         update_metrics=metrics_update(model, update_metrics, True),
         apply_means=apply_means if apply_within else None,
-        before_top=model._check_no_call_losses, loss_scale=loss_scale,
+        before_top=lambda: check_no_call_losses(model), loss_scale=loss_scale,
         replicas=num_replicas())
     per_clip = model.pool == "mean"
     frames = loop.Frames(clips, targets, sample_weight, per_clip,
@@ -126,3 +126,15 @@ def apply_if_any(model: Any, gradients: list, counts: tf.Tensor, may_be_empty: b
         # Under a multi-replica strategy the optimizer's cross-replica sync (merge_call) cannot
         # sit inside a conditional, so an empty stateful chunk applies zeros there.
         apply()
+
+
+def check_no_call_losses(model: Any) -> None:
+    """Sideways mode supports weight regularisers only: a loss added during a call is an error."""
+    for layer in model._flatten_layers(include_self=False):
+        if layer._get_own_losses():
+            model._clear_losses()
+            raise NotImplementedError(
+                f"Layer {layer.name!r} adds a loss during its call (activity regularisation "
+                "or add_loss). Sideways mode supports weight regularisers only; remove it or "
+                "use mode='backprop'."
+            )
