@@ -17,6 +17,10 @@ from keras_sideways.pipeline import gradients as bookkeeping
 from keras_sideways.pipeline import losses as step_losses
 from keras_sideways.pipeline.tensors import merge_time, num_replicas
 
+# `TickLoop.schedule` -> the function that runs a Sideways step's ticks (`loop.run_step`'s
+# signature). A second schedule adds its runner here.
+SCHEDULE_RUNNERS = {"chunked": loop.run_step}
+
 
 def metrics_update(model: Any, update_metrics: bool, ticks: bool) -> Any:
     """The metric update hook (None: metrics untouched); ``ticks``: inputs are (B, n, …)."""
@@ -76,7 +80,8 @@ def sideways_pass(model: Any, clips: tf.Tensor, targets: tf.Tensor, sample_weigh
     per_clip = model.pool == "mean"
     frames = loop.Frames(clips, targets, sample_weight, per_clip,
                          carry_targets=model.stateful or not per_clip)
-    state, totals = loop.run_step(
+    run_step = SCHEDULE_RUNNERS[model.tick_loop.schedule]
+    state, totals = run_step(
         model.stages, model.temporal_windows, model._device,
         bookkeeping.per_stage(variables, positions), initial_state(model, frames), frames,
         model.tick_plan(clips.shape[1], apply_within), hooks, stateful=model.stateful,

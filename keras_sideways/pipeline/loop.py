@@ -4,7 +4,10 @@
 `tf.while_loop`, C ticks per iteration (`plan.LoopPlan`), and keeps the step's bookkeeping: the
 targets' delay line, per-stage sums and counts (`gradients`), the tick losses. What the model
 adds (its compiled loss, metrics, in-loop optimizer updates) comes in as `StepHooks`, so nothing
-here knows a model. A second schedule would be a sibling of `run_step` with the same inputs.
+here knows a model. A second schedule is a sibling of `run_step` with the same inputs and
+outputs (registered in `keras_sideways.steps.SCHEDULE_RUNNERS`); it can reuse `delay_line`
+(targets travelling with their frames), `StepTotals` and `add_chunk` (sums, counts, tick losses,
+metrics in tick order) as they are.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ class Frames(NamedTuple):
     carry_targets: bool
 
 
-def _delay_line(frames: Frames, state: PipelineState, i: Any, size: int,
+def delay_line(frames: Frames, state: PipelineState, i: Any, size: int,
                 stateful: bool) -> tuple:
     """Targets and weights of the chunk's ticks, and those to carry (the last K-1).
 
@@ -85,7 +88,10 @@ def _delay_line(frames: Frames, state: PipelineState, i: Any, size: int,
     return targets, next_targets, weights, next_weights
 
 
-class _Totals(NamedTuple):
+class StepTotals(NamedTuple):
+    """What a step accumulates over its chunks (per-stage sums aligned with the stages'
+    variables, valid counts, the tick losses' sum, count and values, the metrics' order)."""
+
     accumulators: list
     counts: tf.Tensor
     loss_sum: tf.Tensor
@@ -102,7 +108,7 @@ def run_step(stages: Sequence[Any], windows: Sequence[int], device: Device,
 
     The loop body is traced once, plus once for a filling first chunk and once for a shorter
     last chunk of T mod C ticks (a one-tick loop when T is unknown at tracing), so the graph
-    does not grow with T. Returns the final state and the `_Totals`.
+    does not grow with T. Returns the final state and the `StepTotals`.
     """
     num_stages = len(stages)
     clips = frames.clips
@@ -117,12 +123,12 @@ def run_step(stages: Sequence[Any], windows: Sequence[int], device: Device,
     first0 = schedule.first_valid_input_tick(0) - state0.tick + offset0
 
     def run_chunk(size: int, fill: bool = False) -> Callable:
-        return _chunk_body(stages, windows, device, stage_variables, frames, hooks, size, fill,
+        return chunk_body(stages, windows, device, stage_variables, frames, hooks, size, fill,
                            first_inputs=lambda i: gather_windows(
                                elements0, i + offset0, size, window0, first0),
                            stateful=stateful, update_every=update_every)
 
-    totals = _Totals(
+    totals = StepTotals(
         [[tf.zeros(v.shape, v.dtype) for v in variables] for variables in stage_variables],
         tf.zeros([num_stages], tf.float32), tf.constant(0.0), tf.constant(0.0),
         tf.TensorArray(tf.float32, size=num_frames), tf.constant(0.0))
@@ -144,7 +150,7 @@ def run_step(stages: Sequence[Any], windows: Sequence[int], device: Device,
     return state, totals
 
 
-def _chunk_body(stages: Sequence[Any], windows: Sequence[int], device: Device,
+def chunk_body(stages: Sequence[Any], windows: Sequence[int], device: Device,
                 stage_variables: list[list[Any]], frames: Frames, hooks: StepHooks, size: int,
                 fill: bool, *, first_inputs: Callable, stateful: bool,
                 update_every: int | None) -> Callable:
@@ -154,9 +160,9 @@ def _chunk_body(stages: Sequence[Any], windows: Sequence[int], device: Device,
     top_from = plans[-1].taped_from  # the first tick the top's loss covers
     num_frames = tf.shape(frames.clips)[1]
 
-    def body(i: Any, state: PipelineState, totals: _Totals) -> tuple:
+    def body(i: Any, state: PipelineState, totals: StepTotals) -> tuple:
         ticks = state.tick + tf.range(size)
-        targets, next_targets, weights, next_weights = _delay_line(
+        targets, next_targets, weights, next_weights = delay_line(
             frames, state, i, size, stateful)
         top_valid = schedule.output_valid(num_stages, ticks)
 
@@ -174,7 +180,7 @@ def _chunk_body(stages: Sequence[Any], windows: Sequence[int], device: Device,
             histories["0"] = state.histories["0"]  # taken after the loop
         stage_gradients, cotangents = chunk_pullback(
             forwards, stage_variables, state, windows, device, fill)
-        totals = _add_chunk(totals, i, size, ticks, stage_gradients, forwards[-1],
+        totals = add_chunk(totals, i, size, ticks, stage_gradients, forwards[-1],
                             top_valid[top_from:], top_from, targets, weights, hooks,
                             device, num_stages)
         if hooks.apply_means is not None:
@@ -191,9 +197,9 @@ def _chunk_body(stages: Sequence[Any], windows: Sequence[int], device: Device,
     return body
 
 
-def _add_chunk(totals: _Totals, i: Any, size: int, ticks: tf.Tensor, stage_gradients: list,
+def add_chunk(totals: StepTotals, i: Any, size: int, ticks: tf.Tensor, stage_gradients: list,
                top: Any, valid_top: tf.Tensor, top_from: int, targets: tf.Tensor,
-               weights: Any, hooks: StepHooks, device: Device, num_stages: int) -> _Totals:
+               weights: Any, hooks: StepHooks, device: Device, num_stages: int) -> StepTotals:
     """Add one chunk's gradients, counts, tick losses and metrics to the step's totals."""
     accumulators = bookkeeping.accumulate(totals.accumulators, stage_gradients, device)
     counts = totals.counts + bookkeeping.chunk_counts(num_stages, ticks)
@@ -202,7 +208,7 @@ def _add_chunk(totals: _Totals, i: Any, size: int, ticks: tf.Tensor, stage_gradi
     if top.taped_outputs is None:
         # A filling chunk that does not reach the top: no output, no loss yet.
         tick_losses = tick_losses.scatter(i + tf.range(size), tf.fill([size], math.nan))
-        return _Totals(accumulators, counts, loss_sum, loss_count, tick_losses, order)
+        return StepTotals(accumulators, counts, loss_sum, loss_count, tick_losses, order)
     reported = top.tick_losses * hooks.replicas
     loss_sum += tf.reduce_sum(tf.where(valid_top, reported, 0.0))
     loss_count += tf.reduce_sum(tf.cast(valid_top, tf.float32))
@@ -211,13 +217,14 @@ def _add_chunk(totals: _Totals, i: Any, size: int, ticks: tf.Tensor, stage_gradi
         values = tf.concat([tf.fill([top_from], math.nan), values], 0)
     tick_losses = tick_losses.scatter(i + tf.range(size), values)
     if hooks.update_metrics is not None:
-        order = _update_metrics(hooks.update_metrics, order, top.taped_outputs, valid_top,
+        order = update_metrics_in_order(hooks.update_metrics, order, top.taped_outputs, valid_top,
                                 top_from, size, targets, weights)
-    return _Totals(accumulators, counts, loss_sum, loss_count, tick_losses, order)
+    return StepTotals(accumulators, counts, loss_sum, loss_count, tick_losses, order)
 
 
-def _update_metrics(update: Callable, order: tf.Tensor, top: tf.Tensor, valid_top: tf.Tensor,
-                    top_from: int, size: int, targets: tf.Tensor, weights: Any) -> tf.Tensor:
+def update_metrics_in_order(update: Callable, order: tf.Tensor, top: tf.Tensor,
+                            valid_top: tf.Tensor, top_from: int, size: int, targets: tf.Tensor,
+                            weights: Any) -> tf.Tensor:
     """Metrics of the ticks whose output belongs to a frame (a zero weight would not do, since
     Keras' unweighted `metrics` ignore sample weights)."""
     valid_ticks = tf.where(valid_top)[:, 0]
