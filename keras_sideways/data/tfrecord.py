@@ -19,6 +19,7 @@ import glob
 import json
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -277,6 +278,24 @@ def tfrecord_video_dataset(
         seed = int(np.random.randint(1_000_000))
     deterministic = (not shuffle) or seed is not None
 
+    ds = _records(paths, shuffle=shuffle, seed=seed, cycle_length=cycle_length,
+                  shuffle_buffer_size=shuffle_buffer_size, deterministic=deterministic)
+    load = _clip_loader(num_frames, frame_step, image_size, shuffle=shuffle,
+                        label_mode=label_mode, num_classes=num_classes,
+                        sample_before_decode=sample_before_decode)
+    ds = ds.map(load, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
+    if batch_size is not None:
+        ds = ds.batch(batch_size)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    ds.class_names = names
+    ds.file_paths = paths
+    return ds
+
+
+def _records(paths: list[str], *, shuffle: bool, seed: int | None, cycle_length: int | None,
+             shuffle_buffer_size: int, deterministic: bool) -> tf.data.Dataset:
+    """The read phase: serialized records, each paired with a random value for its clip start
+    (0 without shuffling), shards interleaved."""
     ds = tf.data.Dataset.from_tensor_slices(paths)
     if shuffle:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
@@ -290,9 +309,14 @@ def tfrecord_video_dataset(
     if shuffle:
         ds = ds.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
         randoms = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip((ds, randoms))
-    else:
-        ds = ds.map(lambda r: (r, tf.constant(0, tf.int64)))
+        return tf.data.Dataset.zip((ds, randoms))
+    return ds.map(lambda r: (r, tf.constant(0, tf.int64)))
+
+
+def _clip_loader(num_frames: int, frame_step: int, image_size: tuple[int, int], *,
+                 shuffle: bool, label_mode: str | None, num_classes: int | None,
+                 sample_before_decode: bool) -> Any:
+    """The sample, decode and preprocess phases: (record, random value) -> clip (and label)."""
 
     def load(serialized: tf.Tensor, random_value: tf.Tensor) -> tf.Tensor | tuple:
         item = parse_video_example(serialized)
@@ -315,10 +339,4 @@ def tfrecord_video_dataset(
             return clip, tf.one_hot(item["label"], num_classes, dtype=tf.float32)
         return clip, tf.cast(item["label"], tf.int32)
 
-    ds = ds.map(load, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
-    if batch_size is not None:
-        ds = ds.batch(batch_size)
-    ds = ds.prefetch(tf.data.AUTOTUNE)
-    ds.class_names = names
-    ds.file_paths = paths
-    return ds
+    return load
