@@ -8,14 +8,18 @@ Every configuration is its own worker process (thread pools and logical devices 
 TensorFlow starts), built and traced once, then all of them are timed in alternating rounds of a
 few steps, so that a shared machine's drift hits them alike; ratios are medians of per-round
 ratios. ``cpu/wall`` (process CPU seconds per wall second) says whether the stages really ran at
-once: ~1 for one core's worth, ~K when K stages overlap. The 1-minute load average is recorded
-before every round. Configurations, for a model of K stages on a machine of P cores:
+once: ~1 for one core's worth, ~K when K stages overlap (TensorFlow's multi-threaded pools also
+spin while they wait, so for them it overstates the work done). The 1-minute load average is
+recorded before every round. Configurations, for a model of K stages on a machine of P cores:
 
 - ``sideways_depth``: K logical CPU devices, one intra-op thread, min(K, P) inter-op threads (one
   core per running stage), ``stage_devices`` (the skewed chunk schedule, the default there);
 - ``sideways_depth_one_thread``: the same model and schedule on one thread (the same work, no
   concurrency): the speed-up of the stages running at once;
+- ``sideways_depth_default_pools``: the same placement with TensorFlow's default thread pools
+  (every op may use every core, and the stages' ops interleave on them);
 - ``sideways_one_device``: Sideways as on one device (the chunked schedule), default pools;
+- ``sideways_skewed_one_device``: the skewed schedule on one device, default pools;
 - ``backprop``: ``mode="backprop"`` with TensorFlow's default pools on all cores;
 - ``mirrored_backprop``: data-parallel backprop, `MirroredStrategy` over P logical CPU devices;
 - ``sideways_servers``: K processes on loopback, each pinned to a core with ``taskset`` and
@@ -295,6 +299,9 @@ def run_model(name: str, args: argparse.Namespace, env: dict[str, str]) -> dict[
                  "stage_devices": stage_devices}
         fleet.start("sideways_depth", depth)
         fleet.start("sideways_depth_one_thread", {**depth, "inter": 1})
+        fleet.start("sideways_depth_default_pools", {**depth, "intra": 0, "inter": 0})
+        fleet.start("sideways_skewed_one_device", {**base, "kind": "train",
+                                                   "schedule": "skewed"})
         fleet.start("backprop", {**base, "kind": "train", "mode": "backprop"})
         fleet.start("sideways_one_device", {**base, "kind": "train"})
         fleet.start("mirrored_backprop", {**base, "kind": "mirrored", "mode": "backprop",

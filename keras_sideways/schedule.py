@@ -227,11 +227,16 @@ def num_chunks(num_frames: int, chunk: int) -> int:
     return -(-num_frames // chunk)
 
 
-def skewed_iterations(num_stages: int, chunks: int) -> int:
-    """Loop iterations of a skewed step over ``chunks`` chunks, drain included: N + 2K-2."""
+def skewed_fill_and_drain(num_stages: int) -> int:
+    """Iterations a skewed step adds to its N chunks to fill and drain the pipeline: 2K-2."""
     if num_stages < 1:
         raise ValueError(f"num_stages must be at least 1, got {num_stages}.")
-    return chunks + 2 * num_stages - 2 if chunks else 0
+    return 2 * num_stages - 2
+
+
+def skewed_iterations(num_stages: int, chunks: int) -> int:
+    """Loop iterations of a skewed step over ``chunks`` chunks, drain included: N + 2K-2."""
+    return chunks + skewed_fill_and_drain(num_stages) if chunks else 0
 
 
 def skewed_forward_active(stage: int, iteration: Any, chunks: Any) -> Any:
