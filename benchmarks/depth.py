@@ -261,10 +261,15 @@ class Fleet:
         return rates, cpu, loads
 
     def close(self) -> None:
+        """Ask every worker to stop; one that does not (a strategy's threads) is killed."""
         for process in self.workers.values():
-            process.stdin.write("0\n")
-            process.stdin.flush()
-            process.wait(timeout=60)
+            try:
+                process.stdin.write("0\n")
+                process.stdin.flush()
+                process.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                process.kill()
+                process.wait()
         for server in self.servers:
             server.terminate()
             server.wait(timeout=30)
