@@ -149,24 +149,29 @@ def grid(num_stages: int, num_frames: int, start_tick: int = 0) -> list[list[str
     return rows
 
 
-def format_grid(num_stages: int, num_frames: int, start_tick: int = 0) -> str:
-    """A printable K × T grid (stages top to bottom, ticks left to right) with a legend."""
-    cells = grid(num_stages, num_frames, start_tick)
-    ticks = list(range(start_tick, start_tick + num_frames))
-    width = max(max(len(cell) for row in cells for cell in row), len(str(ticks[-1])) + 1)
+def _stage_table(columns: list[str], cells: list[list[str]], notes: list[str]) -> list[str]:
+    """Header, rule and one row per stage (top stage first, as ``cells``), each row followed
+    by its note: the layout both printed grids share."""
+    num_stages = len(cells)
+    width = max(len(text) for text in columns + [cell for row in cells for cell in row])
     label_width = len(f"stage {num_stages - 1}")
     lines = [
-        " " * label_width + " | " + " ".join(f"t{tick}".rjust(width) for tick in ticks),
-        "-" * label_width + "-+-" + "-" * ((width + 1) * len(ticks) - 1),
+        " " * label_width + " | " + " ".join(column.rjust(width) for column in columns),
+        "-" * label_width + "-+-" + "-" * ((width + 1) * len(columns) - 1),
     ]
-    for stage, row in zip(reversed(range(num_stages)), cells, strict=True):
-        count = contributions(num_stages, stage, num_frames, start_tick)
-        lines.append(
-            f"stage {stage}".ljust(label_width)
-            + " | "
-            + " ".join(cell.rjust(width) for cell in row)
-            + f"   n={count}"
-        )
+    for stage, row, note in zip(reversed(range(num_stages)), cells, notes, strict=True):
+        lines.append(f"stage {stage}".ljust(label_width) + " | "
+                     + " ".join(cell.rjust(width) for cell in row) + f"   {note}")
+    return lines
+
+
+def format_grid(num_stages: int, num_frames: int, start_tick: int = 0) -> str:
+    """A printable K × T grid (stages top to bottom, ticks left to right) with a legend."""
+    ticks = range(start_tick, start_tick + num_frames)
+    notes = [f"n={contributions(num_stages, stage, num_frames, start_tick)}"
+             for stage in reversed(range(num_stages))]
+    lines = _stage_table([f"t{tick}" for tick in ticks], grid(num_stages, num_frames, start_tick),
+                         notes)
     lines.append(
         "aX: activation of frame X; gY: cotangent from frame Y's loss; '.': not valid yet; "
         "n: contributions to the stage's mean update."
@@ -295,21 +300,14 @@ def format_skewed_grid(num_stages: int, num_frames: int, chunk: int) -> str:
 
     cells = [[part("F", row[k][0]) + "/" + part("P", row[k][1]) for row in plan]
              for k in reversed(range(num_stages))]
-    width = max([len(cell) for row in cells for cell in row] + [len(f"i{len(plan) - 1}")])
-    label_width = len(f"stage {num_stages - 1}")
+    notes = [f"stash={skewed_stash_size(num_stages, stage)}"
+             for stage in reversed(range(num_stages))]
     lines = [
         f"Skewed chunk schedule: K={num_stages}, T={num_frames}, C={chunk}: {chunks} chunks, "
         f"{len(plan)} iterations ({len(plan) - chunks} to fill and drain), "
         f"{100 * skewed_busy_fraction(num_stages, num_frames, chunk):.0f}% of stage slots busy",
-        " " * label_width + " | " + " ".join(f"i{i}".rjust(width) for i in range(len(plan))),
-        "-" * label_width + "-+-" + "-" * ((width + 1) * len(plan) - 1),
+        *_stage_table([f"i{i}" for i in range(len(plan))], cells, notes),
     ]
-    for stage, row in zip(reversed(range(num_stages)), cells, strict=True):
-        lines.append(
-            f"stage {stage}".ljust(label_width) + " | "
-            + " ".join(cell.rjust(width) for cell in row)
-            + f"   stash={skewed_stash_size(num_stages, stage)}"
-        )
     lines.append(
         "Fc/Pd: forward of chunk c, pullback of chunk d (chunk c = ticks cC … cC+C-1); '.': "
         "idle; stash: chunks of inputs the stage holds."
