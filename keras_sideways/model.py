@@ -62,7 +62,8 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
             at most ``ceil(T / u)``. Sideways mode only, and not under a multi-replica
             strategy (the updates sit inside the tick loop).
         stage_devices: optional list of K device strings (e.g. ``["/GPU:0", "/GPU:1"]``): each
-            stage's variables and per-tick computation are placed on its device.
+            stage's variables and computation are placed on its device, and the step runs the
+            skewed chunk schedule, whose stages run at once (see `TickLoop`, docs/scaling.md).
         temporal_windows: optional list of K window lengths ``w_k >= 1`` (default all 1). A
             stage with ``w_k > 1`` reads the last ``w_k`` outputs of the stage below (stage 0:
             the last ``w_k`` frames) stacked on a time axis, ``(B, w_k, …)``, oldest first: a
@@ -72,14 +73,15 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
             buffer of the stage below. Each stage still adds one tick of latency, so the tick
             schedule (validity, fill, target alignment) is unchanged.
         tick_chunk: how many consecutive ticks each stage computes in one batched call
-            (``None``: 4; 1 with ``stage_devices``, so that the stages of a tick run at once
-            on their devices; 1 when a stage holds BatchNormalization, whose batch statistics
-            would otherwise mix ticks). The updates are the same for any value (the weights are
-            fixed between updates, so a stage's C ticks are independent given the carried
-            buffers); larger chunks trade memory (it grows with C, never with T) for speed on
-            one device. 1 is the literal per-tick pipeline. Two chunks are in flight at once
-            unless the loop changes state, and a stateless step's first chunk skips the empty
-            pipeline's filling ticks, which add nothing (`tick_plan` says what a step does).
+            (``None``: 4, with ``stage_devices`` too, where the skewed schedule runs the stages
+            of an iteration at once whatever C is; 1 when a stage holds BatchNormalization,
+            whose batch statistics would otherwise mix ticks). The updates are the same for any
+            value (the weights are fixed between updates, so a stage's C ticks are independent
+            given the carried buffers); larger chunks trade memory (it grows with C, never with
+            T) for speed on one device. 1 is the literal per-tick pipeline. Two chunks are in
+            flight at once unless the loop changes state, and a stateless step's first chunk
+            skips the empty pipeline's filling ticks, which add nothing (`tick_plan` says what a
+            step does).
         **kwargs: passed to `keras.Model` (e.g. ``name``).
 
     Attributes:

@@ -149,24 +149,29 @@ def grid(num_stages: int, num_frames: int, start_tick: int = 0) -> list[list[str
     return rows
 
 
-def format_grid(num_stages: int, num_frames: int, start_tick: int = 0) -> str:
-    """A printable K × T grid (stages top to bottom, ticks left to right) with a legend."""
-    cells = grid(num_stages, num_frames, start_tick)
-    ticks = list(range(start_tick, start_tick + num_frames))
-    width = max(max(len(cell) for row in cells for cell in row), len(str(ticks[-1])) + 1)
+def _stage_table(columns: list[str], cells: list[list[str]], notes: list[str]) -> list[str]:
+    """Header, rule and one row per stage (top stage first, as ``cells``), each row followed
+    by its note: the layout both printed grids share."""
+    num_stages = len(cells)
+    width = max(len(text) for text in columns + [cell for row in cells for cell in row])
     label_width = len(f"stage {num_stages - 1}")
     lines = [
-        " " * label_width + " | " + " ".join(f"t{tick}".rjust(width) for tick in ticks),
-        "-" * label_width + "-+-" + "-" * ((width + 1) * len(ticks) - 1),
+        " " * label_width + " | " + " ".join(column.rjust(width) for column in columns),
+        "-" * label_width + "-+-" + "-" * ((width + 1) * len(columns) - 1),
     ]
-    for stage, row in zip(reversed(range(num_stages)), cells, strict=True):
-        count = contributions(num_stages, stage, num_frames, start_tick)
-        lines.append(
-            f"stage {stage}".ljust(label_width)
-            + " | "
-            + " ".join(cell.rjust(width) for cell in row)
-            + f"   n={count}"
-        )
+    for stage, row, note in zip(reversed(range(num_stages)), cells, notes, strict=True):
+        lines.append(f"stage {stage}".ljust(label_width) + " | "
+                     + " ".join(cell.rjust(width) for cell in row) + f"   {note}")
+    return lines
+
+
+def format_grid(num_stages: int, num_frames: int, start_tick: int = 0) -> str:
+    """A printable K × T grid (stages top to bottom, ticks left to right) with a legend."""
+    ticks = range(start_tick, start_tick + num_frames)
+    notes = [f"n={contributions(num_stages, stage, num_frames, start_tick)}"
+             for stage in reversed(range(num_stages))]
+    lines = _stage_table([f"t{tick}" for tick in ticks], grid(num_stages, num_frames, start_tick),
+                         notes)
     lines.append(
         "aX: activation of frame X; gY: cotangent from frame Y's loss; '.': not valid yet; "
         "n: contributions to the stage's mean update."
@@ -174,11 +179,153 @@ def format_grid(num_stages: int, num_frames: int, start_tick: int = 0) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------- skewed chunk schedule
+#
+# Depth parallelism with batched calls (DESIGN.md §2a). The ticks are grouped into chunks of C
+# (chunk c holds ticks cC … cC+C-1 of the step). Within an update the weights are fixed, so the
+# order in which the per-tick quantities are computed is free as long as each one is computed
+# from the same inputs. Stage k's forward of chunk c reads stage k-1's outputs of chunk c (and
+# the last one of chunk c-1); its pullback of chunk c reads stage k+1's input cotangents of
+# chunk c (and the last one of chunk c-1) and its own inputs of chunk c. So in loop iteration i:
+#
+#     stage k runs the forward of chunk i-k and the pullback of chunk i-(2K-2-k),
+#
+# reading only what iteration i-1 left (the chunk below's outputs, the chunk above's input
+# cotangents): the K stages of one iteration are independent and can run at once. Between its
+# forward and its pullback a chunk waits 2(K-1-k) iterations at stage k, so stage k holds the
+# inputs of 2(K-1-k)+1 chunks (memory O(K·C), flat in T); the top stage pulls back the chunk it
+# has just run forward. A step of N chunks takes N + 2K-2 iterations: the last 2K-2 drain the
+# pipeline (the lower stages finish the pullbacks of the last chunks). What crosses a stateful
+# step boundary is therefore exactly the per-tick pipeline's state after the step's last tick
+# (a_k, e_k, window histories, the targets in flight): a drained step is exact, because no
+# chunk's pullback waits for the next step's weights.
+
+
+def skewed_forward_chunk(stage: int, iteration: Any) -> Any:
+    """The chunk whose forward stage ``stage`` runs in skewed iteration ``iteration``."""
+    return iteration - stage
+
+
+def skewed_pullback_chunk(num_stages: int, stage: int, iteration: Any) -> Any:
+    """The chunk whose pullback stage ``stage`` runs in skewed iteration ``iteration``."""
+    _check_stage(num_stages, stage)
+    return iteration - (2 * num_stages - 2 - stage)
+
+
+def skewed_lag(num_stages: int, stage: int) -> int:
+    """Iterations between a chunk's forward and its pullback at ``stage``: 2(K-1-k)."""
+    _check_stage(num_stages, stage)
+    return 2 * (num_stages - 1 - stage)
+
+
+def skewed_stash_size(num_stages: int, stage: int) -> int:
+    """How many chunks' inputs ``stage`` holds in an iteration (2(K-1-k)+1, the top 1)."""
+    return skewed_lag(num_stages, stage) + 1
+
+
+def num_chunks(num_frames: int, chunk: int) -> int:
+    """Chunks of ``chunk`` ticks that cover ``num_frames`` ticks (the last may be partial)."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1 tick, got {chunk}.")
+    if num_frames < 0:
+        raise ValueError(f"num_frames must be non-negative, got {num_frames}.")
+    return -(-num_frames // chunk)
+
+
+def skewed_fill_and_drain(num_stages: int) -> int:
+    """Iterations a skewed step adds to its N chunks to fill and drain the pipeline: 2K-2."""
+    if num_stages < 1:
+        raise ValueError(f"num_stages must be at least 1, got {num_stages}.")
+    return 2 * num_stages - 2
+
+
+def skewed_iterations(num_stages: int, chunks: int) -> int:
+    """Loop iterations of a skewed step over ``chunks`` chunks, drain included: N + 2K-2."""
+    return chunks + skewed_fill_and_drain(num_stages) if chunks else 0
+
+
+def skewed_forward_active(stage: int, iteration: Any, chunks: Any) -> Any:
+    """Whether ``stage`` runs a forward in ``iteration`` (its chunk is one of the step's)."""
+    chunk = skewed_forward_chunk(stage, iteration)
+    return (chunk >= 0) & (chunk < chunks)
+
+
+def skewed_pullback_active(num_stages: int, stage: int, iteration: Any, chunks: Any) -> Any:
+    """Whether ``stage`` runs a pullback in ``iteration`` (its chunk is one of the step's)."""
+    chunk = skewed_pullback_chunk(num_stages, stage, iteration)
+    return (chunk >= 0) & (chunk < chunks)
+
+
+def skewed_plan(num_stages: int, num_frames: int, chunk: int) -> list[list[tuple[Any, Any]]]:
+    """Per iteration, per stage (lowest first): (forward chunk, pullback chunk), None if idle."""
+    chunks = num_chunks(num_frames, chunk)
+    plan = []
+    for iteration in range(skewed_iterations(num_stages, chunks)):
+        plan.append([
+            (
+                skewed_forward_chunk(k, iteration)
+                if skewed_forward_active(k, iteration, chunks) else None,
+                skewed_pullback_chunk(num_stages, k, iteration)
+                if skewed_pullback_active(num_stages, k, iteration, chunks) else None,
+            )
+            for k in range(num_stages)
+        ])
+    return plan
+
+
+def skewed_busy_fraction(num_stages: int, num_frames: int, chunk: int) -> float:
+    """Share of the K × iterations stage slots that do work (1 - the fill-and-drain bubble).
+
+    A slot counts half for a forward and half for a pullback, so a stage that only runs
+    forwards while the pipeline fills is half busy.
+    """
+    plan = skewed_plan(num_stages, num_frames, chunk)
+    if not plan:
+        return 0.0
+    busy = sum((f is not None) + (p is not None) for row in plan for f, p in row)
+    return busy / (2 * num_stages * len(plan))
+
+
+def format_skewed_grid(num_stages: int, num_frames: int, chunk: int) -> str:
+    """A printable grid of the skewed schedule: stages top to bottom, iterations left to right.
+
+    Cell ``F<c>/P<d>``: the stage runs the forward of chunk c and the pullback of chunk d in
+    that iteration (``.``: nothing).
+    """
+    plan = skewed_plan(num_stages, num_frames, chunk)
+    chunks = num_chunks(num_frames, chunk)
+
+    def part(letter: str, value: Any) -> str:
+        return f"{letter}{'.' if value is None else value}"
+
+    cells = [[part("F", row[k][0]) + "/" + part("P", row[k][1]) for row in plan]
+             for k in reversed(range(num_stages))]
+    notes = [f"stash={skewed_stash_size(num_stages, stage)}"
+             for stage in reversed(range(num_stages))]
+    lines = [
+        f"Skewed chunk schedule: K={num_stages}, T={num_frames}, C={chunk}: {chunks} chunks, "
+        f"{len(plan)} iterations ({len(plan) - chunks} to fill and drain), "
+        f"{100 * skewed_busy_fraction(num_stages, num_frames, chunk):.0f}% of stage slots busy",
+        *_stage_table([f"i{i}" for i in range(len(plan))], cells, notes),
+    ]
+    lines.append(
+        "Fc/Pd: forward of chunk c, pullback of chunk d (chunk c = ticks cC … cC+C-1); '.': "
+        "idle; stash: chunks of inputs the stage holds."
+    )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":  # pragma: no cover - a convenience for the docs
     import argparse
 
-    parser = argparse.ArgumentParser(description="Print the Sideways tick grid.")
+    parser = argparse.ArgumentParser(
+        description="Print the Sideways tick grid (and, with --chunk, the skewed chunk schedule).")
     parser.add_argument("--stages", type=int, default=3)
     parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="also print the skewed chunk schedule for chunks of this many ticks")
     args = parser.parse_args()
     print(format_grid(args.stages, args.frames))
+    if args.chunk is not None:
+        print()
+        print(format_skewed_grid(args.stages, args.frames, args.chunk))

@@ -12,14 +12,14 @@ from typing import Any
 
 import tensorflow as tf
 
-from keras_sideways.pipeline import exact, loop
+from keras_sideways.pipeline import exact, loop, skewed
 from keras_sideways.pipeline import gradients as bookkeeping
 from keras_sideways.pipeline import losses as step_losses
 from keras_sideways.pipeline.tensors import merge_time, num_replicas
 
 # `TickLoop.schedule` -> the function that runs a Sideways step's ticks (`loop.run_step`'s
 # signature). A second schedule adds its runner here.
-SCHEDULE_RUNNERS = {"chunked": loop.run_step}
+SCHEDULE_RUNNERS = {"chunked": loop.run_step, "skewed": skewed.run_skewed_step}
 
 
 def metrics_update(model: Any, update_metrics: bool, ticks: bool) -> Any:
@@ -80,12 +80,12 @@ def sideways_pass(model: Any, clips: tf.Tensor, targets: tf.Tensor, sample_weigh
     per_clip = model.pool == "mean"
     frames = loop.Frames(clips, targets, sample_weight, per_clip,
                          carry_targets=model.stateful or not per_clip)
-    run_step = SCHEDULE_RUNNERS[model.tick_loop.schedule]
-    state, totals = run_step(
+    # The plan's schedule, not the requested one: the policy may fall back (and says so).
+    plan = model.tick_plan(clips.shape[1], apply_within)
+    state, totals = SCHEDULE_RUNNERS[plan.schedule](
         model.stages, model.temporal_windows, model._device,
         bookkeeping.per_stage(variables, positions), initial_state(model, frames), frames,
-        model.tick_plan(clips.shape[1], apply_within), hooks, stateful=model.stateful,
-        update_every=model.update_every)
+        plan, hooks, stateful=model.stateful, update_every=model.update_every)
     if model.stateful:
         model._buffers.save(state)
     regularization_value, added = regularization()

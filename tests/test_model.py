@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from keras_sideways import SidewaysModel
-from keras_sideways.pipeline.policy import DEFAULT_TICK_CHUNK
+from keras_sideways.pipeline.policy import DEFAULT_TICK_CHUNK, TickLoop
 from tests.test_exactness import build_model, dense_stages, make_batch
 
 
@@ -352,9 +352,14 @@ def test_training_metrics_see_only_outputs_that_belong_to_frames(tick_chunk):
     assert np.mean(predicted == targets) == pytest.approx(0.8)
 
 
-def test_stage_devices_default_to_one_tick_per_call():
-    """Depth parallelism needs every tick's stage computations independent of each other."""
+def test_stage_devices_default_to_the_skewed_schedule():
+    """Depth parallelism needs the stages of a loop iteration independent of each other: the
+    skewed schedule, in chunks of DEFAULT_TICK_CHUNK ticks (the chunked one: one tick per call)."""
     placed = SidewaysModel(dense_stages(2, 2), stage_devices=["/CPU:0", "/CPU:1"])
-    assert placed.tick_plan(16).chunk == 1
-    chosen = SidewaysModel(dense_stages(2, 2), stage_devices=["/CPU:0", "/CPU:1"], tick_chunk=4)
-    assert chosen.tick_plan(16).chunk == 4
+    assert placed.tick_plan(16)[::4] == (DEFAULT_TICK_CHUNK, "skewed")
+    chosen = SidewaysModel(dense_stages(2, 2), stage_devices=["/CPU:0", "/CPU:1"], tick_chunk=2)
+    assert chosen.tick_plan(16)[::4] == (2, "skewed")
+    chosen.tick_loop = TickLoop(schedule="chunked")
+    assert chosen.tick_plan(16).chunk == 2
+    chosen.tick_chunk = None
+    assert chosen.tick_plan(16)[::4] == (1, "chunked")

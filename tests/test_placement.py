@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from keras_sideways import SidewaysModel
+from keras_sideways.model import TickLoop
 from tests.helpers import assert_weights_equal, check_layer_or_model
 from tests.test_exactness import dense_stages, make_batch
 
@@ -80,25 +81,37 @@ def test_fit_and_predict_equal_one_device():
                                rtol=1e-6, atol=1e-7)
 
 
+# The skewed schedule's conditional around a stage's forward, pullback or top (absent in the
+# chunked one).
+SKEWED_PART = r"(stage\d+_(forward|pullback|top)/)?"
+
+
+def placed_model(schedule: str) -> SidewaysModel:
+    model = make_model(DEVICES)
+    model.tick_loop = TickLoop(schedule=schedule)
+    return model
+
+
 def _tick_graph_nodes(model: SidewaysModel, clips: np.ndarray, targets: np.ndarray) -> list:
     """NodeDefs of every function in the traced training computation (the tick loop's body)."""
     function = tf.function(lambda x, y: model.compute_gradients(x, y))
     graph = function.get_concrete_function(tf.constant(clips), tf.constant(targets)).graph
     library = graph.as_graph_def().library.function
-    return [node for fn in library if fn.signature.name.startswith("while_body")
+    # The loop's body, and the conditionals inside it (the skewed schedule's stage parts).
+    return [node for fn in library if fn.signature.name.startswith(("while_body", "while_stage"))
             for node in fn.node_def]
 
 
 def _stage_ops(nodes: list, k: int, backward: bool) -> list:
     prefix = r"gradient_tape/while/" if backward else r"while/"
-    pattern = re.compile(prefix + rf"stage{k}(_\d+)?/")
+    pattern = re.compile(prefix + SKEWED_PART + rf"stage{k}(_\d+)?/")
     compute = {"MatMul", "BiasAdd", "Tanh", "TanhGrad", "BiasAddGrad"}
     return [n for n in nodes if pattern.match(n.name) and n.op in compute]
 
 
-def assert_stage_ops_on_their_devices(backward: bool, num_frames: int) -> None:
+def assert_stage_ops_on_their_devices(backward: bool, num_frames: int, schedule: str) -> None:
     clips, targets = batch(num_frames)
-    model = make_model(DEVICES)
+    model = placed_model(schedule)
     model.build(clips.shape)
     nodes = _tick_graph_nodes(model, clips, targets)
     what = "pullback" if backward else "forward"
@@ -110,24 +123,27 @@ def assert_stage_ops_on_their_devices(backward: bool, num_frames: int) -> None:
                 node.name, node.device)
 
 
-def test_each_stage_computes_on_its_device_every_tick():
-    assert_stage_ops_on_their_devices(backward=False, num_frames=3)
+@pytest.mark.parametrize("schedule", ["skewed", "chunked"])
+def test_each_stage_computes_on_its_device_every_tick(schedule):
+    assert_stage_ops_on_their_devices(backward=False, num_frames=3, schedule=schedule)
 
 
-def test_each_stage_pulls_back_on_its_device_every_tick():
+@pytest.mark.parametrize("schedule", ["skewed", "chunked"])
+def test_each_stage_pulls_back_on_its_device_every_tick(schedule):
     """Gradient ops do not inherit their forward op's device: each pullback must be placed."""
-    assert_stage_ops_on_their_devices(backward=True, num_frames=4)
+    assert_stage_ops_on_their_devices(backward=True, num_frames=4, schedule=schedule)
 
 
 # Placement gaps found while writing these tests, now closed in model.py.
-def test_each_stage_accumulates_its_gradients_on_its_device():
+@pytest.mark.parametrize("schedule", ["skewed", "chunked"])
+def test_each_stage_accumulates_its_gradients_on_its_device(schedule):
     clips, targets = batch(8)
-    model = make_model(DEVICES)
+    model = placed_model(schedule)
     model.build(clips.shape)
     nodes = _tick_graph_nodes(model, clips, targets)
     for k, device in enumerate(DEVICES):
         # The accumulating adds: an AddV2 fed directly by one of stage k's parameter gradients.
-        source = re.compile(rf"gradient_tape/while/stage{k}(_\d+)?/(MatMul|BiasAdd)/")
+        source = re.compile(rf"gradient_tape/while/{SKEWED_PART}stage{k}(_\d+)?/(MatMul|BiasAdd)/")
         adds = [n for n in nodes if n.op == "AddV2" and "gradient_tape" not in n.name
                 and any(source.match(name) for name in n.input)]
         assert len(adds) == 2, [n.name for n in adds]  # kernel and bias

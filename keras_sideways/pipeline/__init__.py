@@ -13,12 +13,14 @@ Where things live (docs/algorithm.md has the longer map):
   `chunk_pullback` (the chunked schedule), `stream_tick` (inference).
 - `loop`: `run_step`, the chunked `tf.while_loop` over a clip with the step's bookkeeping; the
   model plugs in through `StepHooks`.
+- `skewed`: `run_skewed_step`, the skewed (depth-parallel) loop with the same inputs: stage k on
+  chunk i-k forward and chunk i-(2K-2-k) pullback, the stages of an iteration independent.
 - `gradients`: per-stage sums, counts and means; `losses`: per-tick loss, regularisation.
 - `exact`: the synchronous forward and the backprop baseline; `placement`: stage devices.
 - `tensors`: time-axis helpers.
 
-Seams for another schedule (the skewed one of DESIGN.md §2a): build plans from `schedule` like
-`chunk_plan`, gather with `windows.stage_inputs`, call `recurrence.stage_forward` and
-`recurrence.stage_pullback` per stage on its own chunk, reuse `gradients` for the sums and
-`loop.StepHooks` for what the model adds, and add its name to `policy.SCHEDULES`.
+Seams for a schedule (as `skewed` uses them): timing from `schedule`, gather with
+`windows.stage_inputs`, call `recurrence.stage_forward` and `recurrence.stage_pullback` per stage
+on its own chunk, reuse `loop.StepHooks`/`StepTotals` for what the model adds, add its name to
+`policy.SCHEDULES` and its runner to `steps.SCHEDULE_RUNNERS`.
 """

@@ -54,10 +54,13 @@ class LoopPlan(NamedTuple):
     ``chunk``: ticks per iteration; ``fill_first``: the first chunk is a filling chunk, run
     before the loop; ``remainder``: a last, shorter chunk of T mod C ticks when T is known
     (``None`` when T is unknown at tracing: a one-tick loop finishes the clip);
-    ``parallel_iterations``: loop iterations in flight.
+    ``parallel_iterations``: loop iterations in flight; ``schedule``: ``"chunked"`` (every
+    iteration runs the K stages over the same chunk) or ``"skewed"`` (stage k on chunk i-k, see
+    `pipeline.skewed`).
     """
 
     chunk: int
     fill_first: bool
     remainder: int | None
     parallel_iterations: int
+    schedule: str = "chunked"

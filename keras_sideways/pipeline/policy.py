@@ -18,6 +18,7 @@ Dropout holds state but does not mix the batch, so it keeps 4-tick chunks.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 
 import keras
@@ -25,7 +26,7 @@ import keras
 from keras_sideways.pipeline.plan import LoopPlan
 
 DEFAULT_TICK_CHUNK = 4
-SCHEDULES = ("chunked",)
+SCHEDULES = ("chunked", "skewed")
 
 
 def stage_holds_state(stage: keras.layers.Layer) -> bool:
@@ -44,7 +45,15 @@ class TickLoop:
     """How the Sideways tick loop runs. ``None`` fields are decided from the model.
 
     Args:
-        schedule: ``"chunked"``: every loop iteration runs the K stages over the same C ticks.
+        schedule: ``"chunked"``: every loop iteration runs the K stages over the same C ticks,
+            one stage after another. ``"skewed"``: in iteration i stage k runs the forward of
+            chunk i-k and the pullback of chunk i-(2K-2-k) (`pipeline.skewed`), so the K stages
+            of an iteration are independent and run at once on their devices, at the price of a
+            second forward of each chunk at every stage below the top. ``None`` (default):
+            skewed with ``stage_devices``, chunked on one device, where nothing runs the stages
+            at once and the second forward would only cost time. Where the skewed order cannot
+            be exact (`update_every`, stages holding state, a stateful step of unknown length)
+            the chunked loop runs instead, with a warning when skewed was asked for or placed.
         parallel_iterations: loop iterations in flight (default 2, 1 where the loop changes
             state a later iteration reads).
         fill_first_chunk: whether a stateless step's first chunk skips the empty pipeline's
@@ -52,12 +61,12 @@ class TickLoop:
             where it would be wrong (stateful, unknown T, stages holding state).
     """
 
-    schedule: str = "chunked"
+    schedule: str | None = None
     parallel_iterations: int | None = None
     fill_first_chunk: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
+        if self.schedule is not None and self.schedule not in SCHEDULES:
             raise ValueError(f"TickLoop `schedule` must be one of {SCHEDULES}, got "
                              f"{self.schedule!r}.")
 
@@ -66,6 +75,15 @@ class TickLoop:
              update_every: int | None, apply_within: bool = False) -> LoopPlan:
         """The `LoopPlan` of a step over ``num_frames`` ticks (None: unknown at tracing);
         ``apply_within``: the step applies `update_every` updates inside the loop."""
+        wanted = self.schedule or ("skewed" if placed else "chunked")
+        if wanted == "skewed":
+            reason = _why_not_skewed(stages, num_frames, stateful=stateful,
+                                     update_every=update_every)
+            if reason is None:
+                return self._skewed_plan(num_frames, tick_chunk, stateful)
+            warnings.warn(f"The skewed (depth-parallel) tick schedule cannot be exact here: "
+                          f"{reason}. Running the chunked schedule instead, whose stages run "
+                          "one after another within a chunk.", stacklevel=3)
         chunk = chunk_size(stages, num_frames, tick_chunk=tick_chunk, placed=placed,
                            update_every=update_every)
         holds_state = any(stage_holds_state(stage) for stage in stages)
@@ -84,6 +102,34 @@ class TickLoop:
             in_flight = self.parallel_iterations
         remainder = None if num_frames is None else num_frames % chunk
         return LoopPlan(chunk, fill, remainder, in_flight)
+
+    def _skewed_plan(self, num_frames: int | None, tick_chunk: int | None,
+                     stateful: bool) -> LoopPlan:
+        # Chunks of DEFAULT_TICK_CHUNK ticks even on devices: the stages of an iteration are
+        # independent whatever C is, and larger calls cost less per frame than one tick each.
+        chunk = tick_chunk or DEFAULT_TICK_CHUNK
+        if num_frames is not None:
+            chunk = min(chunk, num_frames)
+            if stateful:
+                # A stateful step ends on a chunk boundary, so that it can drain exactly.
+                chunk = max(d for d in range(1, chunk + 1) if num_frames % d == 0)
+        in_flight = 2 if self.parallel_iterations is None else self.parallel_iterations
+        return LoopPlan(chunk, False, None, in_flight, schedule="skewed")
+
+
+def _why_not_skewed(stages: Sequence[keras.layers.Layer], num_frames: int | None, *,
+                    stateful: bool, update_every: int | None) -> str | None:
+    """Why the skewed order would not compute the per-tick updates (None: it would)."""
+    if update_every is not None:
+        return (f"update_every={update_every} changes the weights inside the step, between a "
+                "chunk's forward and its pullback")
+    holding = [stage.name for stage in stages if stage_holds_state(stage)]
+    if holding:
+        return (f"stages {holding} hold state that a call changes (BatchNormalization "
+                "statistics, dropout seeds), and the skewed order calls a stage twice per chunk")
+    if stateful and num_frames is None:
+        return "a stateful step needs a clip length known at tracing, to end on a chunk boundary"
+    return None
 
 
 def chunk_size(stages: Sequence[keras.layers.Layer], num_frames: int | None, *,
