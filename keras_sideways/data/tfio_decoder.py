@@ -29,6 +29,8 @@ import importlib.metadata
 import importlib.util
 import os
 import re
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import tensorflow as tf
@@ -331,3 +333,49 @@ def tfio_decode_video(
 ) -> tf.Tensor:
     """Every frame of a video (``video_frames`` of them, as probed), resized; in-graph."""
     return tfio_decode_clip(path, tf.range(tf.cast(video_frames, tf.int64)), image_size)
+
+
+# (path, indices or frame count) -> uint8 frames
+DecodeFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+def make_tfio_decoders(
+    image_size: tuple[int, int], num_frames: int, readers: int | None = None
+) -> tuple[DecodeFn, DecodeFn]:
+    """The decode steps for tfio, safe to run in parallel: ``(clip_fn, video_fn)``.
+
+    ``clip_fn(path, indices)`` gives ``uint8 (num_frames, H, W, 3)``; ``video_fn(path,
+    video_frames)`` every frame. tensorflow-io's reader op keeps one resource per op and
+    re-initialises it on every call, so two calls of one op at once crash or hang the process.
+    Hence ``readers`` copies of the reader (default: one per CPU, at most 8), each its own op
+    behind its own mutex; a file always goes to the copy its path hashes to, so calls run in
+    parallel on different copies and one at a time on each.
+    """
+    count = readers or min(8, os.cpu_count() or 1)
+    # Mutexes made by ops in the pipeline's own graph (found by shared name), not captured from
+    # Python: the pipeline stays serializable (MirroredStrategy, tf.data service, snapshots).
+    names = [f"keras_sideways_tfio_reader_{uuid.uuid4().hex}" for _ in range(count)]
+
+    def locked(name: str, decode: Callable[[], tf.Tensor]) -> tf.Tensor:
+        lock = tf.raw_ops.MutexLock(mutex=tf.raw_ops.MutexV2(shared_name=name))
+        with tf.control_dependencies([lock]):
+            frames = decode()  # every op of the decode waits for the lock
+        with tf.control_dependencies([frames]):
+            release = tf.raw_ops.ConsumeMutexLock(mutex_lock=lock)
+        with tf.control_dependencies([release]):
+            return tf.identity(frames)
+
+    def exclusive(decode: Callable[[], tf.Tensor], path: tf.Tensor) -> tf.Tensor:
+        slot = tf.cast(tf.strings.to_hash_bucket_fast(path, count), tf.int32)
+        # Each branch is traced on its own, so it holds its own reader op (its own resource).
+        branches = [functools.partial(locked, name, decode) for name in names]
+        return tf.switch_case(slot, branches)
+
+    def clip_fn(path: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
+        frames = exclusive(lambda: tfio_decode_clip(path, indices, image_size), path)
+        return tf.ensure_shape(frames, (num_frames, image_size[0], image_size[1], 3))
+
+    def video_fn(path: tf.Tensor, video_frames: tf.Tensor) -> tf.Tensor:
+        return exclusive(lambda: tfio_decode_video(path, video_frames, image_size), path)
+
+    return clip_fn, video_fn

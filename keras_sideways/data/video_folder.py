@@ -31,8 +31,7 @@ from keras_sideways.data.pyav_decoder import VideoInfo, decode_clip, probe_video
 from keras_sideways.data.sampling import sample_clip_indices
 from keras_sideways.data.tfio_decoder import (
     TfioUnavailableError,
-    tfio_decode_clip,
-    tfio_decode_video,
+    make_tfio_decoders,
     tfio_decoder_status,
 )
 
@@ -404,15 +403,7 @@ def video_dataset_from_directory(
         print(f"Found {what}" + (f", using them for {part}." if part else "."))
 
         if chosen == "tfio":
-
-            def decode_fn(path: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
-                frames = tfio_decode_clip(path, indices, image_size)
-                frames.set_shape((num_frames, image_size[0], image_size[1], 3))
-                return frames
-
-            def tfio_video_fn(path: tf.Tensor, video_frames: tf.Tensor) -> tf.Tensor:
-                return tfio_decode_video(path, video_frames, image_size)
-
+            decode_fn, tfio_video_fn = make_tfio_decoders(image_size, num_frames)
         else:
             decode_fn = make_pyav_decode_fn(infos, image_size, num_frames)
         decode_video_fn = None
@@ -431,9 +422,7 @@ def video_dataset_from_directory(
             shuffle=shuffle,
             seed=seed,
             label_fn=_encode_label(label_mode, num_classes) if label_mode else None,
-            # tensorflow-io's streaming reader re-initialises one shared resource per op on
-            # every call: two calls at once crash or hang the process, so one at a time.
-            num_parallel_calls=1 if chosen == "tfio" else num_parallel_calls,
+            num_parallel_calls=num_parallel_calls,
             decode_video_fn=decode_video_fn,
         )
         ds.class_names = listing.class_names

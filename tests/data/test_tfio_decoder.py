@@ -204,3 +204,22 @@ def test_trains_under_mirrored_strategy_like_pyav(three_class_dir):
 
     for a, b in zip(train("pyav"), train("tfio"), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@needs_tfio
+def test_parallel_calls_on_one_reader_take_turns(three_class_dir):
+    # tensorflow-io's reader op re-initialises its one resource on every call: unguarded, 8
+    # parallel calls on one reader crash or hang the process. Its mutex makes them take turns.
+    from keras_sideways.data.tfio_decoder import make_tfio_decoders  # noqa: PLC0415
+
+    paths = sorted(
+        os.path.join(root, name) for root, _, names in os.walk(three_class_dir) for name in names
+    ) * 2
+    clip_fn, _ = make_tfio_decoders((64, 64), 5, readers=1)
+    indices = tf.constant([3, 6, 9, 12, 15], tf.int64)
+    ds = tf.data.Dataset.from_tensor_slices(paths).map(
+        lambda path: clip_fn(path, indices), num_parallel_calls=8
+    )
+    expected = np.stack([decode_clip(p, indices.numpy(), None) for p in paths])
+    for _ in range(3):
+        np.testing.assert_array_equal(np.stack([clip.numpy() for clip in ds]), expected)
