@@ -403,6 +403,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     else:
         directory = args.data
     train, held_out, class_names = load_data(args, directory)
+    # decoder="auto": tensorflow-io where it can decode video, else PyAV (docs/data.md).
+    print(f"Decoding with {'tensorflow-io' if train.decoder == 'tfio' else 'PyAV'} "
+          f"(decoder {train.decoder!r}; KERAS_SIDEWAYS_DECODER=pyav|tfio chooses).")
     if train.cached:
         # One pass decodes every video into memory, before training: no training step then
         # waits on decoding (benchmarks/performance.py --sections input measures the rest).
@@ -436,6 +439,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "frames": args.frames,
             "frame_step": args.frame_step,
             "image_size": args.image_size,
+            "decoder": train.decoder,
         },
         "model": {
             "factory": "keras_sideways.models.temporal_cnn_classifier",

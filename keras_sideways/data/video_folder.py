@@ -31,27 +31,37 @@ from keras_sideways.data.pyav_decoder import VideoInfo, decode_clip, probe_video
 from keras_sideways.data.sampling import sample_clip_indices
 from keras_sideways.data.tfio_decoder import (
     TfioUnavailableError,
-    tfio_decode_clip,
+    make_tfio_decoders,
     tfio_decoder_status,
 )
 
 logger = logging.getLogger("keras_sideways.data")
 
 DECODERS = ("auto", "pyav", "tfio")
+DECODER_VARIABLE = "KERAS_SIDEWAYS_DECODER"
 
 
 def resolve_decoder(decoder: str) -> str:
     """Map ``"auto"``/``"pyav"``/``"tfio"`` to the decoder that will run, or raise why not.
 
-    ``"auto"`` picks tensorflow-io when its probe passes and PyAV otherwise, and logs (INFO on
-    the ``keras_sideways.data`` logger) which one it chose and why.
+    ``"auto"`` follows the ``KERAS_SIDEWAYS_DECODER`` environment variable when it is set
+    (``"pyav"`` or ``"tfio"``: one decoder for a whole run without changing code; CI's tfio job
+    forces tfio this way), and otherwise picks tensorflow-io when its probe passes and PyAV when
+    not. It logs (INFO on the ``keras_sideways.data`` logger) which one it chose and why.
 
     Raises:
-        TfioUnavailableError: for ``"tfio"`` when tensorflow-io cannot decode video here; the
-            message lists every reason and names ``decoder="pyav"``.
+        TfioUnavailableError: for ``"tfio"`` (asked for, or set by the variable) when
+            tensorflow-io cannot decode video here; the message lists every reason.
+        ValueError: for an unknown decoder name, or variable value.
     """
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    forced = os.environ.get(DECODER_VARIABLE, "").strip()
+    if decoder == "auto" and forced:
+        if forced not in ("pyav", "tfio"):
+            raise ValueError(f'{DECODER_VARIABLE} must be "pyav" or "tfio", got {forced!r}')
+        logger.info('decoder="auto": using %s (%s=%s)', forced, DECODER_VARIABLE, forced)
+        decoder = forced
     if decoder == "pyav":
         return "pyav"
     status = tfio_decoder_status()
@@ -60,7 +70,11 @@ def resolve_decoder(decoder: str) -> str:
             raise TfioUnavailableError(status.message)
         return "tfio"
     if status.available:
-        logger.info('decoder="auto": using tensorflow-io %s', status.tfio_version)
+        logger.info(
+            'decoder="auto": using tensorflow-io %s (FFmpeg %s)',
+            status.tfio_version,
+            ", ".join(status.ffmpeg_libraries),
+        )
         return "tfio"
     logger.info(
         'decoder="auto": using PyAV (tensorflow-io unavailable: %s)', "; ".join(status.reasons)
@@ -315,8 +329,10 @@ def video_dataset_from_directory(
         seed: makes shuffling, random clip starts and the validation split deterministic.
         validation_split: fraction held out for validation (split per class; needs ``seed``).
         subset: ``"training"``, ``"validation"`` or ``"both"`` (returns a tuple).
-        decoder: ``"auto"`` (tensorflow-io when its probe passes, else PyAV; logs the choice),
-            ``"pyav"``, or ``"tfio"`` (raises :class:`TfioUnavailableError` saying why not).
+        decoder: ``"auto"`` (the ``KERAS_SIDEWAYS_DECODER`` environment variable when set,
+            else tensorflow-io when its probe passes, else PyAV; logs the choice), ``"pyav"``,
+            or ``"tfio"`` (raises :class:`TfioUnavailableError` saying why not). The dataset's
+            ``decoder`` attribute says which one runs.
         on_error: for files that fail the listing-time probe (truncated, corrupt, zero-byte,
             not video, audio-only, unreadable) and class folders without videos: ``"raise"``
             an error naming every one, or ``"skip"`` them (counted, logged as a warning with
@@ -327,7 +343,7 @@ def video_dataset_from_directory(
             in memory, so later epochs sample clips without decoding: about
             ``frames × H × W × 3`` bytes per video. For data sets that fit in memory (the
             synthetic one: 480 videos of 24 frames at 64×64 take 141 MB); the clips are the
-            same as without caching. PyAV decoder only.
+            same as without caching. Works with either decoder.
 
     Returns:
         A ``tf.data.Dataset`` yielding ``(clips, labels)`` (or ``clips`` when unlabelled),
@@ -387,22 +403,14 @@ def video_dataset_from_directory(
         print(f"Found {what}" + (f", using them for {part}." if part else "."))
 
         if chosen == "tfio":
-
-            def decode_fn(path: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
-                frames = tfio_decode_clip(path, indices, image_size)
-                frames.set_shape((num_frames, image_size[0], image_size[1], 3))
-                return frames
-
+            decode_fn, tfio_video_fn = make_tfio_decoders(image_size, num_frames)
         else:
             decode_fn = make_pyav_decode_fn(infos, image_size, num_frames)
         decode_video_fn = None
         if cache:
-            if chosen != "pyav":
-                raise ValueError(
-                    f"cache=True decodes whole videos with PyAV; decoder={decoder!r} resolved "
-                    f"to {chosen!r}. Pass decoder='pyav'."
-                )
-            decode_video_fn = make_pyav_video_fn(infos, image_size)
+            decode_video_fn = (
+                tfio_video_fn if chosen == "tfio" else make_pyav_video_fn(infos, image_size)
+            )
         ds = build_clip_dataset(
             kept_paths,
             [infos[p].num_frames for p in kept_paths],

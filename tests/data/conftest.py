@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from videotools import make_class_folders
+
+from keras_sideways.data import tfio_decoder_status
 
 
 @pytest.fixture(scope="session")
@@ -12,3 +16,12 @@ def three_class_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("three_class")
     make_class_folders(root, {"a": 4, "b": 5, "c": 3})
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def expected_decoder() -> str:
+    """The decoder ``decoder="auto"`` must pick in this run (CI's tfio job forces "tfio")."""
+    forced = os.environ.get("KERAS_SIDEWAYS_DECODER")
+    if forced:
+        return forced
+    return "tfio" if tfio_decoder_status().available else "pyav"

@@ -11,6 +11,7 @@ import ctypes
 import importlib.metadata
 import importlib.util
 import logging
+import os
 
 import pytest
 import tensorflow as tf
@@ -58,8 +59,15 @@ def test_probe_states_the_real_reasons_here():
         assert any("libavformat.so.58" in r for r in status.reasons)
     if not status.available:
         assert 'decoder="pyav"' in status.message
+        assert "python -m keras_sideways.data.ffmpeg4 DIR" in status.message  # the recipe
         for reason in status.reasons:
             assert reason in status.message
+    else:
+        # What tensorflow-io's FFmpeg ops really bound to: FFmpeg 4 files mapped in this process.
+        assert status.ffmpeg_found in status.ffmpeg_libraries
+        assert ".so.58" in os.path.basename(status.ffmpeg_found)
+        assert all(os.path.isfile(path) for path in status.ffmpeg_libraries)
+        assert any("libswscale" in path for path in status.ffmpeg_libraries)
 
 
 def test_tfio_decoder_raises_why_or_works(three_class_dir):

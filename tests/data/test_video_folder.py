@@ -21,12 +21,12 @@ def _all(ds):
     return np.concatenate(clips), np.concatenate(labels)
 
 
-def test_output_contract_and_class_names(three_class_dir):
+def test_output_contract_and_class_names(three_class_dir, expected_decoder):
     ds = video_dataset_from_directory(
         three_class_dir, batch_size=5, num_frames=6, image_size=(32, 48), seed=0
     )
     assert ds.class_names == ["a", "b", "c"]
-    assert ds.decoder == "pyav"
+    assert ds.decoder == expected_decoder
     assert len(ds.file_paths) == 12 and ds.skipped_files == []
     batches = list(ds)
     assert [b[0].shape[0] for b in batches] == [5, 5, 2]
