@@ -26,9 +26,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_sideways.data.errors import BadVideoFilesError, VideoInputError
-from keras_sideways.data.listing import list_video_files, split_files
+from keras_sideways.data.listing import VideoListing, list_video_files, split_files
 from keras_sideways.data.pyav_decoder import VideoInfo, decode_clip, probe_video
 from keras_sideways.data.sampling import sample_clip_indices
+from keras_sideways.data.splits import VideoSplit, read_split_file
 from keras_sideways.data.tfio_decoder import (
     TfioUnavailableError,
     tfio_decode_clip,
@@ -269,6 +270,27 @@ def build_clip_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def _split_listing(
+    directory: str,
+    split_file: str | VideoSplit,
+    labels: str | Sequence[int] | None,
+    class_names: Sequence[str] | None,
+    validation_split: float | None,
+) -> VideoListing:
+    """The listing step for ``split_file``: the split's files, labels and class names."""
+    if labels != "inferred" or class_names is not None or validation_split:
+        raise ValueError(
+            "split_file gives the files, labels and class names: leave labels, class_names "
+            "and validation_split at their defaults"
+        )
+    split = (
+        split_file if isinstance(split_file, VideoSplit) else read_split_file(directory, split_file)
+    )
+    if not split.file_paths:
+        raise ValueError(f"{split.source}: the split lists no video files")
+    return VideoListing(list(split.file_paths), list(split.labels), list(split.class_names))
+
+
 def video_dataset_from_directory(
     directory: str,
     labels: str | Sequence[int] | None = "inferred",
@@ -287,6 +309,7 @@ def video_dataset_from_directory(
     *,
     num_parallel_calls: int = tf.data.AUTOTUNE,
     cache: bool = False,
+    split_file: str | VideoSplit | None = None,
 ) -> tf.data.Dataset | tuple[tf.data.Dataset, tf.data.Dataset]:
     """Clips and labels from a folder of videos, shaped after ``image_dataset_from_directory``.
 
@@ -328,6 +351,11 @@ def video_dataset_from_directory(
             ``frames × H × W × 3`` bytes per video. For data sets that fit in memory (the
             synthetic one: 480 videos of 24 frames at 64×64 take 141 MB); the clips are the
             same as without caching. PyAV decoder only.
+        split_file: an official split instead of class folders: a UCF101
+            ``trainlist0N.txt`` / ``testlist0N.txt`` path (``classInd.txt`` beside it), or a
+            :class:`~keras_sideways.data.splits.VideoSplit` from ``ucf101_split``,
+            ``hmdb51_split`` or ``kinetics_csv``. Its files, labels and class names are used
+            as listed (a missing listed file raises); not with ``validation_split``.
 
     Returns:
         A ``tf.data.Dataset`` yielding ``(clips, labels)`` (or ``clips`` when unlabelled),
@@ -359,7 +387,10 @@ def video_dataset_from_directory(
         )
     chosen = resolve_decoder(decoder)
 
-    listing = list_video_files(directory, labels, class_names)
+    if split_file is None:
+        listing = list_video_files(directory, labels, class_names)
+    else:
+        listing = _split_listing(directory, split_file, labels, class_names, validation_split)
     if label_mode == "binary" and listing.class_names and len(listing.class_names) != 2:
         raise ValueError(
             f'label_mode="binary" needs exactly 2 classes, found {listing.class_names}'
