@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from keras_sideways.data.errors import VideoInputError
 
@@ -263,11 +264,15 @@ def _frames_after_seek(
     seek_by: str,
     lookup: _Lookup,
     counter: dict,
+    needed_from: int | None = None,
 ) -> Iterator[tuple[int, av.VideoFrame]]:
     """Seek to the keyframe ``point`` and yield ``(frame index, frame)`` in frame order from it.
 
     The demuxer may land on an earlier packet (skipped undecoded up to a known keyframe at or
     before ``point``); decoding starts there. Frames are named by the index, never counted.
+    With ``needed_from``, pictures before that frame that nothing refers to (most B-frames)
+    are not decoded at all: a packet's timestamp names the picture it holds, and the decoder
+    skips only non-reference pictures, so the frames that are decoded come out the same.
 
     Raises:
         _OffIndex: landed past ``point``, a frame the index does not know, frames out of order.
@@ -278,7 +283,16 @@ def _frames_after_seek(
     )
     landed = None
     previous = -1
+    codec = stream.codec_context
+    skipping = False
+    codec.skip_frame = "DEFAULT"
     for packet in container.demux(stream):
+        if needed_from is not None:
+            picture = lookup.frame_of.get(packet.pts)
+            skip = picture is not None and picture < needed_from
+            if skip != skipping:
+                codec.skip_frame = "NONREF" if skip else "DEFAULT"
+                skipping = skip
         if landed is None:
             if not packet.size:
                 continue
@@ -447,13 +461,23 @@ def probe_video(path: str) -> VideoInfo:
     return info
 
 
+_THREAD_STATE = threading.local()
+
+
 def _to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
     if size is None:
         return frame.to_ndarray(format="rgb24")
+    # One swscale context per thread, kept across frames, clips and files (FFmpeg rebuilds it
+    # only when sizes or formats change): ``frame.to_ndarray(width=...)`` builds one per frame,
+    # which costs about three times the scaling itself.
+    reformatter = getattr(_THREAD_STATE, "reformatter", None)
+    if reformatter is None:
+        reformatter = _THREAD_STATE.reformatter = VideoReformatter()
     height, width = size
-    return frame.to_ndarray(
-        format="rgb24", width=width, height=height, interpolation=_INTERPOLATION
+    rgb = reformatter.reformat(
+        frame, width=width, height=height, format="rgb24", interpolation=_INTERPOLATION
     )
+    return rgb.to_ndarray()
 
 
 def decode_clip(
@@ -509,7 +533,9 @@ def decode_clip(
             for point, seek_by in _seek_attempts(info, wanted[0]):
                 counter["method"] = "seek"
                 frames = _collect(
-                    _frames_after_seek(container, stream, point, seek_by, info.lookup, counter),
+                    _frames_after_seek(
+                        container, stream, point, seek_by, info.lookup, counter, wanted[0]
+                    ),
                     wanted,
                     image_size,
                 )

@@ -10,6 +10,7 @@ blue) to check colours after decoding.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from fractions import Fraction
 
 import av
@@ -78,6 +79,7 @@ def write_video(
     time_base: Fraction | None = None,
     frames: np.ndarray | None = None,
     audio: bool = False,
+    make_frame: FrameMaker = index_frame,
 ) -> str:
     """Encode index frames (or ``frames``) to ``path``; the container follows the extension.
 
@@ -103,7 +105,7 @@ def write_video(
             stream.options = opts
         astream = container.add_stream("aac", rate=16000) if audio else None
         for i in range(num_frames):
-            img = frames[i] if frames is not None else index_frame(i, height, width)
+            img = frames[i] if frames is not None else make_frame(i, height, width)
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             if pts is not None:
                 frame.pts = pts[i]
@@ -157,12 +159,18 @@ def make_class_folders(
 # Each reproduces a container/codec oddity of real footage (issue 16), with PyAV only.
 
 
+FrameMaker = Callable[[int, int, int], np.ndarray]  # (index, height, width) -> RGB uint8
+
+
 def _encoded_packets(
-    stream: av.video.VideoStream, num_frames: int, size: tuple[int, int]
+    stream: av.video.VideoStream,
+    num_frames: int,
+    size: tuple[int, int],
+    make_frame: FrameMaker = index_frame,
 ) -> list[av.Packet]:
     packets = []
     for i in range(num_frames):
-        frame = av.VideoFrame.from_ndarray(index_frame(i, *size), format="rgb24")
+        frame = av.VideoFrame.from_ndarray(make_frame(i, *size), format="rgb24")
         packets += stream.encode(frame)
     return packets + stream.encode()
 
@@ -174,6 +182,7 @@ def write_pts_equals_dts_mp4(
     size: tuple[int, int] = (64, 64),
     gop: int = 12,
     b_frames: int = 3,
+    make_frame: FrameMaker = index_frame,
 ) -> str:
     """H.264 with B-frames muxed with every packet's pts set to its dts (no ``ctts`` box).
 
@@ -187,7 +196,7 @@ def write_pts_equals_dts_mp4(
         stream.codec_context.gop_size = gop
         stream.codec_context.max_b_frames = b_frames
         stream.options = {"preset": "medium", "crf": "18", "x264-params": f"keyint={gop}"}
-        packets = _encoded_packets(stream, num_frames, size)
+        packets = _encoded_packets(stream, num_frames, size, make_frame)
         shift = -packets[0].dts  # x264 starts dts below 0; start at 0 like the camera files
         for packet in packets:
             packet.dts += shift
@@ -210,6 +219,7 @@ def write_packed_bframes_avi(
     size: tuple[int, int] = (64, 64),
     gop: int = 12,
     fps: int = 25,
+    make_frame: FrameMaker = index_frame,
 ) -> str:
     """MPEG-4 ASP in AVI with DivX-style *packed* B-frames, as DivX 5 / Xvid wrote them.
 
@@ -224,7 +234,7 @@ def write_packed_bframes_avi(
         stream.width, stream.height, stream.pix_fmt = size[1], size[0], "yuv420p"
         stream.codec_context.gop_size = gop
         stream.codec_context.max_b_frames = 1
-        packets = _encoded_packets(stream, num_frames, size)
+        packets = _encoded_packets(stream, num_frames, size, make_frame)
         time_base = packets[0].time_base
         bits = max(1, (fps - 1).bit_length())  # vop_time_increment width for resolution = fps
         chunks: list[tuple[bytes, bool]] = []
@@ -260,6 +270,7 @@ def write_avi_with_empty_chunks(
     slots_per_frame: int = 7,
     codec: str = "cinepak",
     size: tuple[int, int] = (64, 64),
+    make_frame: FrameMaker = index_frame,
 ) -> str:
     """An AVI whose index lists ``slots_per_frame`` entries per real frame, all but one empty.
 
@@ -270,7 +281,7 @@ def write_avi_with_empty_chunks(
     pix_fmt = "rgb24" if codec == "cinepak" else "yuv420p"
     pts = [i * slots_per_frame for i in range(num_frames)]
     return write_video(path, num_frames, size=size, codec=codec, pix_fmt=pix_fmt, pts=pts,
-                       time_base=Fraction(1, 25), gop=12)  # fmt: skip
+                       time_base=Fraction(1, 25), gop=12, make_frame=make_frame)  # fmt: skip
 
 
 def write_trailing_empty_packet_mp4(
@@ -280,6 +291,7 @@ def write_trailing_empty_packet_mp4(
     size: tuple[int, int] = (64, 64),
     gop: int = 10,
     b_frames: int = 2,
+    make_frame: FrameMaker = index_frame,
 ) -> str:
     """H.264 mp4 whose last sample holds only an end-of-sequence NAL: one packet, no frame.
 
@@ -292,7 +304,7 @@ def write_trailing_empty_packet_mp4(
         stream.codec_context.gop_size = gop
         stream.codec_context.max_b_frames = b_frames
         stream.options = {"preset": "veryfast", "crf": "18", "x264-params": f"keyint={gop}"}
-        packets = _encoded_packets(stream, num_frames, size)
+        packets = _encoded_packets(stream, num_frames, size, make_frame)
         for packet in packets:
             container.mux(packet)
         tick = packets[1].duration or (packets[1].pts - packets[0].pts) or 1
@@ -303,3 +315,26 @@ def write_trailing_empty_packet_mp4(
         extra.dts = max(p.dts for p in packets) + tick
         container.mux(extra)
     return path
+
+
+def textured_index_frames(seed: int = 0, amplitude: int = 30) -> FrameMaker:
+    """Index frames over a panning smooth random texture: real decoding work, still readable.
+
+    The texture (+-``amplitude``) moves every frame, so inter frames carry motion and residual
+    as camera footage does; the frame number's black/white blocks stay far apart in brightness.
+    """
+    rng = np.random.default_rng(seed)
+    cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def make(i: int, height: int, width: int) -> np.ndarray:
+        if (height, width) not in cache:
+            coarse = rng.uniform(-amplitude, amplitude, (height // 8 + 2, width // 8 + 2, 3))
+            texture = np.kron(coarse, np.ones((8, 8, 1)))
+            for axis in (0, 1):  # box-filter the blocky noise along each axis
+                texture = sum(np.roll(texture, k, axis=axis) for k in range(-4, 5)) / 9
+            cache[(height, width)] = texture[:height, :width]
+        moving = np.roll(cache[(height, width)], (i, 2 * i), axis=(0, 1))
+        frame = index_frame(i, height, width).astype(np.float32) + moving
+        return np.clip(frame, 0, 255).astype(np.uint8)
+
+    return make
