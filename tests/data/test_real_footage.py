@@ -149,3 +149,16 @@ def test_a_really_truncated_avi_is_still_reported_with_numbers(tmp_path, maker):
         VideoInputError, match=r"cut.avi: truncated or corrupt: .* \d+ frames, only \d+"
     ):
         probe_video(str(cut))
+
+
+@pytest.mark.parametrize("name", ["pts_equals_dts.mp4", "packed_bframes.avi", "bframes.mp4"])
+def test_clips_are_pixel_identical_to_the_sequential_decode(footage, name):
+    # Seeking, and skipping unreferenced pictures before the clip, change nothing decoded.
+    path = footage[name]
+    info = probe_video(path)
+    full = np.stack(list(iter_frames(path, (32, 32), threads=1)))
+    for start in (0, 5, 13, 37, 61, 82):
+        indices = clip_indices(info.num_frames, 8, 2, start=start)
+        np.testing.assert_array_equal(
+            decode_clip(path, indices, (32, 32), info=info), full[indices]
+        )
