@@ -35,6 +35,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from keras_sideways.data import index_cache
 from keras_sideways.data.errors import VideoInputError
 
 # swscale bilinear: the same filter family as tf.image.resize's default, so the folder and
@@ -441,7 +442,8 @@ def _decode_all_stamps(path: str) -> list[int | None]:
 def probe_video(path: str) -> VideoInfo:
     """Probe one file: readable, has a video stream, frames decode; build its frame index.
 
-    Cached per process by (real path, size, modification time).
+    Cached by (real path, size, modification time): in this process, and on disk
+    (:mod:`keras_sideways.data.index_cache`), so a file is indexed once, not on every run.
 
     Raises:
         VideoInputError: naming the file and the reason (and the numbers, for truncation).
@@ -454,11 +456,34 @@ def probe_video(path: str) -> VideoInfo:
         cached = _INDEX_CACHE.get(key)
     if cached is not None:
         return cached if cached.path == path else replace(cached, path=path)
-    packets = _demux_table(path)
-    info = _build_index(path, packets)
+    stored = index_cache.load(key)
+    info = _from_stored(path, stored) if stored is not None else None
+    if info is None:
+        info = _build_index(path, _demux_table(path))
+        index_cache.store(key, info)
     with _INDEX_CACHE_LOCK:
         _INDEX_CACHE[key] = info
     return info
+
+
+def _from_stored(path: str, fields: dict) -> VideoInfo | None:
+    """A :class:`VideoInfo` from its cached fields, or ``None`` if they do not fit."""
+    try:
+        frame_pts = fields["frame_pts"]
+        return VideoInfo(
+            path=path,
+            num_frames=int(fields["num_frames"]),
+            width=int(fields["width"]),
+            height=int(fields["height"]),
+            codec=str(fields["codec"]),
+            pix_fmt=str(fields["pix_fmt"]),
+            frame_pts=None if frame_pts is None else tuple(int(p) for p in frame_pts),
+            seek_points=tuple(tuple(int(x) for x in p) for p in fields["seek_points"]),
+            index_source=str(fields["index_source"]),
+            seek_by=str(fields["seek_by"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 _THREAD_STATE = threading.local()

@@ -162,3 +162,24 @@ def test_clips_are_pixel_identical_to_the_sequential_decode(footage, name):
         np.testing.assert_array_equal(
             decode_clip(path, indices, (32, 32), info=info), full[indices]
         )
+
+
+def test_the_index_is_learnt_once_and_kept_on_disk(tmp_path, monkeypatch):
+    from keras_sideways.data import pyav_decoder
+
+    monkeypatch.setenv("KERAS_SIDEWAYS_INDEX_CACHE", str(tmp_path / "cache"))
+    path = write_pts_equals_dts_mp4(tmp_path / "camera.mp4", 60)
+    first = probe_video(path)
+    entries = list((tmp_path / "cache").rglob("*.json"))
+    assert len(entries) == 1
+    monkeypatch.setattr(pyav_decoder, "_INDEX_CACHE", {})  # as a new process would start
+    monkeypatch.setattr(pyav_decoder, "_build_index", None)  # would fail if called
+    again = probe_video(path)
+    assert again == first and again is not first
+    clip = decode_clip(path, [41, 42, 43], None, info=again)
+    assert [read_index(f) for f in clip] == [41, 42, 43]
+    os.utime(path, ns=(1, 1))  # a changed file is indexed again
+    monkeypatch.undo()
+    monkeypatch.setenv("KERAS_SIDEWAYS_INDEX_CACHE", str(tmp_path / "cache"))
+    probe_video(path)
+    assert len(list((tmp_path / "cache").rglob("*.json"))) == 2
