@@ -163,16 +163,28 @@ FrameMaker = Callable[[int, int, int], np.ndarray]  # (index, height, width) -> 
 
 
 def _encoded_packets(
-    stream: av.video.VideoStream,
+    container: av.container.OutputContainer,
+    codec: str,
     num_frames: int,
     size: tuple[int, int],
-    make_frame: FrameMaker = index_frame,
-) -> list[av.Packet]:
+    gop: int,
+    b_frames: int,
+    make_frame: FrameMaker,
+    fps: int = 25,
+    preset: str = "veryfast",
+) -> tuple[av.video.VideoStream, list[av.Packet]]:
+    """A video stream added to ``container`` and its encoded packets, not yet muxed."""
+    stream = container.add_stream(codec, rate=fps)
+    stream.width, stream.height, stream.pix_fmt = size[1], size[0], "yuv420p"
+    stream.codec_context.gop_size = gop
+    stream.codec_context.max_b_frames = b_frames
+    if codec == "libx264":
+        stream.options = {"preset": preset, "crf": "18", "x264-params": f"keyint={gop}"}
     packets = []
     for i in range(num_frames):
         frame = av.VideoFrame.from_ndarray(make_frame(i, *size), format="rgb24")
         packets += stream.encode(frame)
-    return packets + stream.encode()
+    return stream, packets + stream.encode()
 
 
 def write_pts_equals_dts_mp4(
@@ -191,12 +203,9 @@ def write_pts_equals_dts_mp4(
     """
     path = os.fspath(path)
     with av.open(path, mode="w") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = size[1], size[0], "yuv420p"
-        stream.codec_context.gop_size = gop
-        stream.codec_context.max_b_frames = b_frames
-        stream.options = {"preset": "medium", "crf": "18", "x264-params": f"keyint={gop}"}
-        packets = _encoded_packets(stream, num_frames, size, make_frame)
+        _, packets = _encoded_packets(
+            container, "libx264", num_frames, size, gop, b_frames, make_frame, preset="medium"
+        )
         shift = -packets[0].dts  # x264 starts dts below 0; start at 0 like the camera files
         for packet in packets:
             packet.dts += shift
@@ -230,11 +239,9 @@ def write_packed_bframes_avi(
     """
     path = os.fspath(path)
     with av.open(path, mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = size[1], size[0], "yuv420p"
-        stream.codec_context.gop_size = gop
-        stream.codec_context.max_b_frames = 1
-        packets = _encoded_packets(stream, num_frames, size, make_frame)
+        stream, packets = _encoded_packets(
+            container, "mpeg4", num_frames, size, gop, 1, make_frame, fps=fps
+        )
         time_base = packets[0].time_base
         bits = max(1, (fps - 1).bit_length())  # vop_time_increment width for resolution = fps
         chunks: list[tuple[bytes, bool]] = []
@@ -299,12 +306,9 @@ def write_trailing_empty_packet_mp4(
     """
     path = os.fspath(path)
     with av.open(path, mode="w") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = size[1], size[0], "yuv420p"
-        stream.codec_context.gop_size = gop
-        stream.codec_context.max_b_frames = b_frames
-        stream.options = {"preset": "veryfast", "crf": "18", "x264-params": f"keyint={gop}"}
-        packets = _encoded_packets(stream, num_frames, size, make_frame)
+        stream, packets = _encoded_packets(
+            container, "libx264", num_frames, size, gop, b_frames, make_frame
+        )
         for packet in packets:
             container.mux(packet)
         tick = packets[1].duration or (packets[1].pts - packets[0].pts) or 1
