@@ -2,8 +2,8 @@
 
 Over a mix of generated files like real footage (a long H.264 file, camera-style B-frames with
 pts = dts, a packed-B-frame MPEG-4 AVI, a Cinepak AVI with empty index entries, 720p, a file
-whose last packet has no frame), every loader decodes the same random 16-frame clips, resized
-to 112x112 RGB uint8, with one FFmpeg thread per decode:
+whose last packet has no frame), every loader decodes the same 16-frame clips (frame step 2,
+random starts drawn by the dataset each round), resized to 112x112 RGB, one FFmpeg thread each:
 
 - ``dataset``: ``video_dataset_from_directory`` (``decoder="pyav"``, random clips, batches of 8;
   ``num_parallel_calls`` = workers), the whole tf.data pipeline;
@@ -51,6 +51,7 @@ from keras_sideways.data import decode_clip, probe_video, video_dataset_from_dir
 
 SIZE = (112, 112)
 CLIP = 16
+STEP = 2
 
 Job = tuple[str, np.ndarray]  # (path, frame indices)
 
@@ -170,52 +171,53 @@ def available_loaders(infos: dict) -> dict[str, Callable[[str, np.ndarray], np.n
 # ------------------------------------------------------------------------------ measuring
 
 
-def random_jobs(paths: list[str], counts: dict[str, int], clips: int, rng) -> list[Job]:
-    """``clips`` random 16-frame clips (frame step 1 or 2), spread over the files."""
-    jobs = []
-    for k in range(clips):
-        path = paths[k % len(paths)]
-        step = int(rng.integers(1, 3))
-        span = (CLIP - 1) * step + 1
-        start = int(rng.integers(0, max(1, counts[path] - span + 1)))
-        jobs.append((path, (start + np.arange(CLIP) * step) % counts[path]))
-    return jobs
-
-
 def accuracy(clip: np.ndarray, indices: np.ndarray) -> int:
     """Frames of ``clip`` that show the frame number asked for."""
     return sum(videotools.read_index(f) == int(i) for f, i in zip(clip, indices, strict=True))
 
 
-def run_loader(fn: Callable, jobs: list[Job], workers: int) -> tuple[float, list]:
-    start = time.perf_counter()
+def run_loader(fn: Callable, jobs: list[Job], workers: int) -> tuple[float, float, list]:
+    """Wall and CPU seconds (all threads of this process) for ``jobs``, and the clips."""
+    cpu, start = time.process_time(), time.perf_counter()
     if workers == 1:
         clips = [fn(p, i) for p, i in jobs]
     else:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             clips = list(pool.map(lambda job: fn(*job), jobs))
-    return time.perf_counter() - start, clips
+    return time.perf_counter() - start, time.process_time() - cpu, clips
 
 
-def dataset_factory(folder: str, workers: int, seed: int) -> tf.data.Dataset:
+def dataset_factory(folder: str, num_files: int, workers: int, seed: int) -> tf.data.Dataset:
+    """The dataset, labelled with each file's number, so the clips it drew can be given to the
+    other loaders."""
     return video_dataset_from_directory(
-        folder, labels=None, batch_size=8, num_frames=CLIP, frame_step=1, image_size=SIZE,
-        shuffle=True, seed=seed, decoder="pyav", num_parallel_calls=workers,
+        folder, labels=list(range(num_files)), batch_size=8, num_frames=CLIP,
+        frame_step=STEP, image_size=SIZE, shuffle=True, seed=seed, decoder="pyav",
+        num_parallel_calls=workers,
     )  # fmt: skip
 
 
-def run_dataset(ds: tf.data.Dataset, epochs: int) -> tuple[float, int, int, int]:
-    """Seconds for ``epochs`` passes; clips, and frames checked / exact (consecutive numbers)."""
-    start = time.perf_counter()
-    batches = [b.numpy() for _ in range(epochs) for b in ds]
-    seconds = time.perf_counter() - start
-    clips = exact = 0
-    for batch in batches:
-        for clip in batch:
+def run_dataset(
+    ds: tf.data.Dataset, epochs: int, paths: list[str], counts: dict[str, int]
+) -> tuple[float, float, list[Job], int]:
+    """Wall and CPU seconds for ``epochs`` passes, the clips drawn, how many frames were exact.
+
+    A clip's frame numbers are read off its frames; exact means each one is ``STEP`` after the
+    one before (modulo the file's length: short files loop), from a valid first frame.
+    """
+    cpu, start = time.process_time(), time.perf_counter()
+    batches = [(x.numpy(), y.numpy()) for _ in range(epochs) for x, y in ds]
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    jobs: list[Job] = []
+    exact = 0
+    for clips, labels in batches:
+        for clip, label in zip(clips, labels, strict=True):
+            path = paths[int(label)]
             shown = [videotools.read_index(f) for f in clip]
-            exact += sum(int(b - a == 1) for a, b in zip(shown, shown[1:], strict=False)) + 1
-            clips += 1
-    return seconds, clips, clips * CLIP, exact
+            indices = (shown[0] + np.arange(CLIP) * STEP) % counts[path]
+            exact += int(np.sum(np.array(shown) == indices))
+            jobs.append((path, indices))
+    return seconds, cpu, jobs, exact
 
 
 def main() -> None:
@@ -244,24 +246,28 @@ def main() -> None:
         infos = {p: probe_video(p) for p in paths}
         counts = {p: infos[p].num_frames for p in paths}
         loaders = available_loaders(infos)
-        clips_per_round = len(paths) * args.epochs  # as many clips as the dataset's epochs
         results: dict = {}
         for workers in (1, 2):
             setting = "single" if workers == 1 else "two"
-            ds = dataset_factory(os.path.join(work), workers, seed=0)
-            run_dataset(ds, 1)  # warm-up: traces the pipeline
+            ds = dataset_factory(work, len(paths), workers, seed=workers)
+            run_dataset(ds, 1, paths, counts)  # warm-up: traces the pipeline
             times: dict[str, list[float]] = {name: [] for name in ["dataset", *loaders]}
+            cpu_times: dict[str, list[float]] = {name: [] for name in times}
             checked = {name: [0, 0] for name in times}
-            rng = np.random.default_rng(workers)
-            for _ in range(args.rounds):
-                jobs = random_jobs(paths, counts, clips_per_round, rng)
-                seconds, n, total, exact = run_dataset(ds, args.epochs)
-                times["dataset"].append(seconds / n)
-                checked["dataset"][0] += total
+            for round_ in range(args.rounds):
+                # The dataset draws the clips; every other loader decodes exactly those, in an
+                # order that rotates from round to round.
+                seconds, cpu, jobs, exact = run_dataset(ds, args.epochs, paths, counts)
+                times["dataset"].append(seconds / len(jobs))
+                cpu_times["dataset"].append(cpu / len(jobs))
+                checked["dataset"][0] += CLIP * len(jobs)
                 checked["dataset"][1] += exact
-                for name, fn in loaders.items():
-                    seconds, clips = run_loader(fn, jobs, workers)
+                names = list(loaders)
+                names = names[round_ % len(names) :] + names[: round_ % len(names)]
+                for name in names:
+                    seconds, cpu, clips = run_loader(loaders[name], jobs, workers)
                     times[name].append(seconds / len(jobs))
+                    cpu_times[name].append(cpu / len(jobs))
                     checked[name][0] += CLIP * len(jobs)
                     checked[name][1] += sum(
                         accuracy(c, i) for c, (_, i) in zip(clips, jobs, strict=True)
@@ -270,6 +276,7 @@ def main() -> None:
                 name: {
                     "clips_per_second_best": 1 / min(t),
                     "clips_per_second_median": 1 / statistics.median(t),
+                    "cpu_ms_per_clip_median": 1000 * statistics.median(cpu_times[name]),
                     "frames_checked": checked[name][0],
                     "frames_exact": checked[name][1],
                 }
@@ -288,10 +295,14 @@ def main() -> None:
                 ),
             }
         per_file = {
-            os.path.basename(p): {"frames": counts[p], "index": infos[p].index_source,
-                                  "codec": infos[p].codec, "size": f"{infos[p].width}x{infos[p].height}"}
+            os.path.basename(p): {
+                "frames": counts[p],
+                "index": infos[p].index_source,
+                "codec": infos[p].codec,
+                "size": f"{infos[p].width}x{infos[p].height}",
+            }
             for p in files.values()
-        }  # fmt: skip
+        }
     result = {
         "machine": {
             "cpu_count": os.cpu_count(),
@@ -306,7 +317,8 @@ def main() -> None:
         "files": per_file,
         "write_seconds": write_s,
         "probe_seconds": probe_s,
-        "clip": f"{CLIP} frames, frame step 1-2, random start, {SIZE[1]}x{SIZE[0]} RGB uint8",
+        "clip": f"{CLIP} frames, frame step {STEP}, random start (drawn by the dataset), "
+        f"{SIZE[1]}x{SIZE[0]} RGB uint8 (the dataset: float32 in [0, 1], batches of 8)",
         "rounds": args.rounds,
         "results": results,
         "goals": {"dataset_vs_pyav_seek": 1.0, "dataset_vs_fastest_other": 0.9},
@@ -315,13 +327,14 @@ def main() -> None:
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     for setting, table in results.items():
-        print(f"\n{setting} worker(s)   clips/s median   best   exact frames")
+        print(f"\n{setting} worker(s)   clips/s median   best   CPU ms/clip   exact frames")
         for name, r in table.items():
             if name == "ratios":
                 continue
+            median, best = r["clips_per_second_median"], r["clips_per_second_best"]
             print(
-                f"  {name:12s} {r['clips_per_second_median']:14.1f} {r['clips_per_second_best']:6.1f}"
-                f"   {r['frames_exact']}/{r['frames_checked']}"
+                f"  {name:12s} {median:14.1f} {best:6.1f} {r['cpu_ms_per_clip_median']:13.1f}   "
+                f"{r['frames_exact']}/{r['frames_checked']}"
             )
         for name, ratio in table["ratios"].items():
             print(f"  {name}: {ratio:.2f}x")

@@ -161,6 +161,46 @@ def make_pyav_decode_fn(
     return fn
 
 
+_POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+
+
+def make_pyav_batch_decode_fn(
+    infos: dict[str, VideoInfo],
+    image_size: tuple[int, int],
+    num_frames: int,
+    workers: int,
+) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """The decode step for a batch: ``(paths (B,), indices (B, T)) -> uint8 (B, T, H, W, 3)``.
+
+    tf.data runs Python ops one at a time (measured in ``benchmarks/decoders.py``: a second
+    parallel ``tf.numpy_function`` call gains nothing), so the clips of a batch are decoded in
+    one call, by ``workers`` threads (PyAV releases the GIL while decoding). Results keep the
+    batch's order.
+    """
+    workers = max(1, workers if workers > 0 else os.cpu_count() or 1)
+    if workers not in _POOLS:
+        _POOLS[workers] = concurrent.futures.ThreadPoolExecutor(
+            workers, thread_name_prefix="keras_sideways_decode"
+        )
+    pool = _POOLS[workers]
+
+    def decode(paths: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        def one(k: int) -> np.ndarray:
+            p = paths[k].decode()
+            return decode_clip(p, indices[k], image_size, info=infos.get(p))
+
+        if workers == 1 or len(paths) == 1:
+            return np.stack([one(k) for k in range(len(paths))])
+        return np.stack(list(pool.map(one, range(len(paths)))))
+
+    def fn(paths: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
+        frames = tf.numpy_function(decode, [paths, indices], Tout=tf.uint8)
+        frames.set_shape((None, num_frames, image_size[0], image_size[1], 3))
+        return frames
+
+    return fn
+
+
 def make_pyav_video_fn(
     infos: dict[str, VideoInfo], image_size: tuple[int, int]
 ) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
@@ -198,6 +238,7 @@ def build_clip_dataset(
     label_fn: Callable[[tf.Tensor], tf.Tensor] | None,
     num_parallel_calls: int = tf.data.AUTOTUNE,
     decode_video_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+    decode_batch_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
 ) -> tf.data.Dataset:
     """Steps 3-6 (sample, decode, preprocess, batch) over already probed files.
 
@@ -208,6 +249,10 @@ def build_clip_dataset(
     With ``decode_video_fn`` (``(path, num_frames) -> uint8 (num_frames, H, W, 3)``) every video
     is decoded whole once, in the first epoch, and kept in memory; later epochs sample their
     clips from memory with in-graph gathers. The clips are the same as without it.
+
+    With ``decode_batch_fn`` (``(paths (B,), indices (B, T)) -> uint8 (B, T, H, W, 3)``) and a
+    ``batch_size``, clip indices are batched first and each batch decoded in one call (which
+    parallelises inside); the batches are the same as decoding clip by clip.
     """
     n = len(file_paths)
     items = {
@@ -261,6 +306,21 @@ def build_clip_dataset(
     parallel = None if decode_video_fn is not None else num_parallel_calls
     if parallel is None:
         ds = ds.map(sample).map(decode)
+    elif decode_batch_fn is not None and batch_size is not None:
+
+        def sample_and_label(item: dict[str, tf.Tensor], r: tf.Tensor) -> dict[str, tf.Tensor]:
+            item = sample(item, r)
+            if label_fn is not None and "label" in item:
+                item["label"] = label_fn(item["label"])
+            return item
+
+        def decode_batch(items: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...] | tf.Tensor:
+            frames = decode_batch_fn(items["path"], items["indices"])
+            return (frames, items["label"]) if label_fn is not None and "label" in items else frames
+
+        ds = ds.map(sample_and_label, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+        ds = ds.map(decode_batch)
+        return ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     else:
         ds = ds.map(sample, num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.map(decode, num_parallel_calls=parallel, deterministic=deterministic)
@@ -419,6 +479,7 @@ def video_dataset_from_directory(
             what += f" belonging to {len(listing.class_names)} classes"
         print(f"Found {what}" + (f", using them for {part}." if part else "."))
 
+        decode_batch_fn = None
         if chosen == "tfio":
 
             def decode_fn(path: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
@@ -428,6 +489,9 @@ def video_dataset_from_directory(
 
         else:
             decode_fn = make_pyav_decode_fn(infos, image_size, num_frames)
+            decode_batch_fn = make_pyav_batch_decode_fn(
+                infos, image_size, num_frames, num_parallel_calls
+            )
         decode_video_fn = None
         if cache:
             if chosen != "pyav":
@@ -449,6 +513,7 @@ def video_dataset_from_directory(
             label_fn=_encode_label(label_mode, num_classes) if label_mode else None,
             num_parallel_calls=num_parallel_calls,
             decode_video_fn=decode_video_fn,
+            decode_batch_fn=decode_batch_fn,
         )
         ds.class_names = listing.class_names
         ds.file_paths = kept_paths
