@@ -11,8 +11,9 @@ With no arguments this script
    ``metrics.json``, ``learning_curves.png``, ``confusion_matrix.png`` and ``saved_model/``.
 
 ``--compare`` trains the exact-backprop baseline too and prints both side by side; ``--data DIR``
-trains on any folder of class subfolders of videos (UCF101 / HMDB51 layout). Run with ``--help``
-for every option.
+trains on any folder of class subfolders of videos (UCF101 / HMDB51 layout); with ``--split-file``
+(the ``ucfTrainTestlist`` folder) and ``--split N`` it trains on UCF101's official trainlist0N and
+evaluates on testlist0N. Run with ``--help`` for every option.
 """
 
 from __future__ import annotations
