@@ -319,7 +319,9 @@ def build_clip_dataset(
             return (frames, items["label"]) if label_fn is not None and "label" in items else frames
 
         ds = ds.map(sample_and_label, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
-        ds = ds.map(decode_batch)
+        # Several batches in flight, so that one batch's slowest clip does not leave the
+        # workers idle; deterministic, so batches keep their order.
+        ds = ds.map(decode_batch, num_parallel_calls=parallel, deterministic=True)
         return ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     else:
         ds = ds.map(sample, num_parallel_calls=tf.data.AUTOTUNE)
