@@ -11,8 +11,9 @@ With no arguments this script
    ``metrics.json``, ``learning_curves.png``, ``confusion_matrix.png`` and ``saved_model/``.
 
 ``--compare`` trains the exact-backprop baseline too and prints both side by side; ``--data DIR``
-trains on any folder of class subfolders of videos (UCF101 / HMDB51 layout). Run with ``--help``
-for every option.
+trains on any folder of class subfolders of videos (UCF101 / HMDB51 layout); with ``--split-file``
+(the ``ucfTrainTestlist`` folder) and ``--split N`` it trains on UCF101's official trainlist0N and
+evaluates on testlist0N. Run with ``--help`` for every option.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from keras_sideways.data import (  # noqa: E402
     SYNTHETIC_ACTIONS,
     VideoInputError,
     list_video_files,
+    ucf101_split,
     video_dataset_from_directory,
     write_synthetic_actions,
 )
@@ -62,6 +64,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     data = parser.add_argument_group("data")
     data.add_argument("--data", metavar="DIR", help="a folder of class subfolders of videos; "
                       "if not given, the synthetic motion data set in --cache-dir")
+    data.add_argument("--split-file", metavar="PATH",
+                      help="with --data: train and evaluate on an official UCF101 split; "
+                      "the ucfTrainTestlist folder (classInd.txt, trainlist0N.txt, "
+                      "testlist0N.txt) or a file in it")
+    data.add_argument("--split", type=int, default=1, choices=(1, 2, 3),
+                      help="which official split --split-file gives (trainlist0N / testlist0N)")
     data.add_argument("--cache-dir", metavar="DIR",
                       default=os.path.join(os.path.expanduser("~"), ".cache", "keras-sideways"),
                       help="where the synthetic data set is written and reused")
@@ -105,6 +113,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.split_file and not args.data:
+        parser.error("--split-file needs --data (the UCF-101 folder the lists refer to)")
     if not 0.0 < args.validation_split < 1.0:
         parser.error("--validation-split must be between 0 and 1")
     if len(args.windows) != len(args.filters):
@@ -212,8 +222,33 @@ def held_out_fraction(directory: str, requested: float) -> float:
     return split
 
 
+def load_split(args: argparse.Namespace, directory: str) -> tuple[Any, Any, list[str]]:
+    """Training and test datasets of an official UCF101 split (``--split-file``, ``--split``)."""
+    split_dir = args.split_file if os.path.isdir(args.split_file) else os.path.dirname(
+        args.split_file)
+    try:
+        parts = [ucf101_split(directory, split_dir, args.split, s) for s in ("training", "test")]
+    except ValueError as error:  # a missing list or listed video: it says which
+        raise UsageError(str(error)) from error
+    common = {
+        "batch_size": args.batch_size,
+        "num_frames": args.frames,
+        "frame_step": args.frame_step,
+        "image_size": (args.image_size, args.image_size),
+        "seed": args.seed,
+        "on_error": "skip",
+        "cache": args.decode_cache == "on",
+    }
+    train = video_dataset_from_directory(directory, split_file=parts[0], shuffle=True, **common)
+    held_out = video_dataset_from_directory(directory, split_file=parts[1], shuffle=False,
+                                            **common)
+    return train, held_out, list(train.class_names)
+
+
 def load_data(args: argparse.Namespace, directory: str) -> tuple[Any, Any, list[str]]:
     """Training and held-out datasets of (clips, labels), and the class names."""
+    if args.split_file:
+        return load_split(args, directory)
     split = held_out_fraction(directory, args.validation_split)
     common = {
         "batch_size": args.batch_size,

@@ -8,6 +8,8 @@ Main entry points:
   ``SequenceExample`` shards of JPEG frames read with pure TensorFlow ops.
 - :func:`write_synthetic_actions`: a generated data set of real video files whose classes are
   defined only by motion.
+- :func:`ucf101_split`, :func:`hmdb51_split`, :func:`kinetics_csv`: official train/test splits,
+  passed to ``video_dataset_from_directory(..., split_file=...)``.
 - :func:`tfio_decoder_status`: whether tensorflow-io can decode video here, and if not, why.
 """
 
@@ -15,6 +17,7 @@ from keras_sideways.data.errors import BadVideoFilesError, TfioUnavailableError,
 from keras_sideways.data.listing import VIDEO_EXTENSIONS, list_video_files
 from keras_sideways.data.pyav_decoder import VideoInfo, decode_clip, probe_video
 from keras_sideways.data.sampling import clip_indices, sample_clip_indices
+from keras_sideways.data.splits import VideoSplit, hmdb51_split, kinetics_csv, ucf101_split
 from keras_sideways.data.synthetic import (
     DEFAULT_ACTIONS,
     SYNTHETIC_ACTIONS,
@@ -33,13 +36,17 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "VideoInfo",
     "VideoInputError",
+    "VideoSplit",
     "clip_indices",
     "decode_clip",
+    "hmdb51_split",
+    "kinetics_csv",
     "list_video_files",
     "probe_video",
     "sample_clip_indices",
     "tfio_decoder_status",
     "tfrecord_video_dataset",
+    "ucf101_split",
     "video_dataset_from_directory",
     "write_video_tfrecords",
     "write_synthetic_actions",

@@ -26,9 +26,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_sideways.data.errors import BadVideoFilesError, VideoInputError
-from keras_sideways.data.listing import list_video_files, split_files
+from keras_sideways.data.listing import VideoListing, list_video_files, split_files
 from keras_sideways.data.pyav_decoder import VideoInfo, decode_clip, probe_video
 from keras_sideways.data.sampling import sample_clip_indices
+from keras_sideways.data.splits import VideoSplit, read_split_file
 from keras_sideways.data.tfio_decoder import (
     TfioUnavailableError,
     make_tfio_decoders,
@@ -156,17 +157,59 @@ def make_pyav_decode_fn(
 ) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
     """The decode step for PyAV: ``(path, indices) -> uint8 (num_frames, H, W, 3)``.
 
-    Runs :func:`decode_clip` through ``tf.py_function``. A failure raises (never ends iteration
-    quietly): TensorFlow re-raises it from the iterator with the file's name in the message.
+    Runs :func:`decode_clip` through ``tf.numpy_function`` (it takes NumPy values directly:
+    less work per clip than ``tf.py_function``'s eager tensors, measured in
+    ``benchmarks/decoders.py``). A failure raises (never ends iteration quietly): TensorFlow
+    re-raises it from the iterator with the file's name in the message.
     """
 
-    def decode(path: tf.Tensor, indices: tf.Tensor) -> np.ndarray:
-        p = path.numpy().decode()
-        return decode_clip(p, indices.numpy(), image_size, info=infos.get(p))
+    def decode(path: bytes, indices: np.ndarray) -> np.ndarray:
+        p = path.decode()
+        return decode_clip(p, indices, image_size, info=infos.get(p))
 
     def fn(path: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
-        frames = tf.py_function(decode, [path, indices], Tout=tf.uint8)
+        frames = tf.numpy_function(decode, [path, indices], Tout=tf.uint8)
         frames.set_shape((num_frames, image_size[0], image_size[1], 3))
+        return frames
+
+    return fn
+
+
+_POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+
+
+def make_pyav_batch_decode_fn(
+    infos: dict[str, VideoInfo],
+    image_size: tuple[int, int],
+    num_frames: int,
+    workers: int,
+) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """The decode step for a batch: ``(paths (B,), indices (B, T)) -> uint8 (B, T, H, W, 3)``.
+
+    tf.data runs Python ops one at a time (measured in ``benchmarks/decoders.py``: a second
+    parallel ``tf.numpy_function`` call gains nothing), so the clips of a batch are decoded in
+    one call, by ``workers`` threads (PyAV releases the GIL while decoding). Results keep the
+    batch's order.
+    """
+    workers = max(1, workers if workers > 0 else os.cpu_count() or 1)
+    if workers not in _POOLS:
+        _POOLS[workers] = concurrent.futures.ThreadPoolExecutor(
+            workers, thread_name_prefix="keras_sideways_decode"
+        )
+    pool = _POOLS[workers]
+
+    def decode(paths: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        def one(k: int) -> np.ndarray:
+            p = paths[k].decode()
+            return decode_clip(p, indices[k], image_size, info=infos.get(p))
+
+        if workers == 1 or len(paths) == 1:
+            return np.stack([one(k) for k in range(len(paths))])
+        return np.stack(list(pool.map(one, range(len(paths)))))
+
+    def fn(paths: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
+        frames = tf.numpy_function(decode, [paths, indices], Tout=tf.uint8)
+        frames.set_shape((None, num_frames, image_size[0], image_size[1], 3))
         return frames
 
     return fn
@@ -209,6 +252,7 @@ def build_clip_dataset(
     label_fn: Callable[[tf.Tensor], tf.Tensor] | None,
     num_parallel_calls: int = tf.data.AUTOTUNE,
     decode_video_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+    decode_batch_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
 ) -> tf.data.Dataset:
     """Steps 3-6 (sample, decode, preprocess, batch) over already probed files.
 
@@ -219,6 +263,10 @@ def build_clip_dataset(
     With ``decode_video_fn`` (``(path, num_frames) -> uint8 (num_frames, H, W, 3)``) every video
     is decoded whole once, in the first epoch, and kept in memory; later epochs sample their
     clips from memory with in-graph gathers. The clips are the same as without it.
+
+    With ``decode_batch_fn`` (``(paths (B,), indices (B, T)) -> uint8 (B, T, H, W, 3)``) and a
+    ``batch_size``, clip indices are batched first and each batch decoded in one call (which
+    parallelises inside); the batches are the same as decoding clip by clip.
     """
     n = len(file_paths)
     items = {
@@ -272,6 +320,23 @@ def build_clip_dataset(
     parallel = None if decode_video_fn is not None else num_parallel_calls
     if parallel is None:
         ds = ds.map(sample).map(decode)
+    elif decode_batch_fn is not None and batch_size is not None:
+
+        def sample_and_label(item: dict[str, tf.Tensor], r: tf.Tensor) -> dict[str, tf.Tensor]:
+            item = sample(item, r)
+            if label_fn is not None and "label" in item:
+                item["label"] = label_fn(item["label"])
+            return item
+
+        def decode_batch(items: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...] | tf.Tensor:
+            frames = decode_batch_fn(items["path"], items["indices"])
+            return (frames, items["label"]) if label_fn is not None and "label" in items else frames
+
+        ds = ds.map(sample_and_label, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+        # Several batches in flight, so that one batch's slowest clip does not leave the
+        # workers idle; deterministic, so batches keep their order.
+        ds = ds.map(decode_batch, num_parallel_calls=parallel, deterministic=True)
+        return ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     else:
         ds = ds.map(sample, num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.map(decode, num_parallel_calls=parallel, deterministic=deterministic)
@@ -281,6 +346,27 @@ def build_clip_dataset(
         ds = ds.batch(batch_size)
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _split_listing(
+    directory: str,
+    split_file: str | VideoSplit,
+    labels: str | Sequence[int] | None,
+    class_names: Sequence[str] | None,
+    validation_split: float | None,
+) -> VideoListing:
+    """The listing step for ``split_file``: the split's files, labels and class names."""
+    if labels != "inferred" or class_names is not None or validation_split:
+        raise ValueError(
+            "split_file gives the files, labels and class names: leave labels, class_names "
+            "and validation_split at their defaults"
+        )
+    split = (
+        split_file if isinstance(split_file, VideoSplit) else read_split_file(directory, split_file)
+    )
+    if not split.file_paths:
+        raise ValueError(f"{split.source}: the split lists no video files")
+    return VideoListing(list(split.file_paths), list(split.labels), list(split.class_names))
 
 
 def video_dataset_from_directory(
@@ -301,6 +387,7 @@ def video_dataset_from_directory(
     *,
     num_parallel_calls: int = tf.data.AUTOTUNE,
     cache: bool = False,
+    split_file: str | VideoSplit | None = None,
 ) -> tf.data.Dataset | tuple[tf.data.Dataset, tf.data.Dataset]:
     """Clips and labels from a folder of videos, shaped after ``image_dataset_from_directory``.
 
@@ -344,6 +431,11 @@ def video_dataset_from_directory(
             ``frames × H × W × 3`` bytes per video. For data sets that fit in memory (the
             synthetic one: 480 videos of 24 frames at 64×64 take 141 MB); the clips are the
             same as without caching. Works with either decoder.
+        split_file: an official split instead of class folders: a UCF101
+            ``trainlist0N.txt`` / ``testlist0N.txt`` path (``classInd.txt`` beside it), or a
+            :class:`~keras_sideways.data.splits.VideoSplit` from ``ucf101_split``,
+            ``hmdb51_split`` or ``kinetics_csv``. Its files, labels and class names are used
+            as listed (a missing listed file raises); not with ``validation_split``.
 
     Returns:
         A ``tf.data.Dataset`` yielding ``(clips, labels)`` (or ``clips`` when unlabelled),
@@ -375,7 +467,10 @@ def video_dataset_from_directory(
         )
     chosen = resolve_decoder(decoder)
 
-    listing = list_video_files(directory, labels, class_names)
+    if split_file is None:
+        listing = list_video_files(directory, labels, class_names)
+    else:
+        listing = _split_listing(directory, split_file, labels, class_names, validation_split)
     if label_mode == "binary" and listing.class_names and len(listing.class_names) != 2:
         raise ValueError(
             f'label_mode="binary" needs exactly 2 classes, found {listing.class_names}'
@@ -402,10 +497,14 @@ def video_dataset_from_directory(
             what += f" belonging to {len(listing.class_names)} classes"
         print(f"Found {what}" + (f", using them for {part}." if part else "."))
 
+        decode_batch_fn = None
         if chosen == "tfio":
             decode_fn, tfio_video_fn = make_tfio_decoders(image_size, num_frames)
         else:
             decode_fn = make_pyav_decode_fn(infos, image_size, num_frames)
+            decode_batch_fn = make_pyav_batch_decode_fn(
+                infos, image_size, num_frames, num_parallel_calls
+            )
         decode_video_fn = None
         if cache:
             decode_video_fn = (
@@ -424,6 +523,7 @@ def video_dataset_from_directory(
             label_fn=_encode_label(label_mode, num_classes) if label_mode else None,
             num_parallel_calls=num_parallel_calls,
             decode_video_fn=decode_video_fn,
+            decode_batch_fn=decode_batch_fn,
         )
         ds.class_names = listing.class_names
         ds.file_paths = kept_paths

@@ -25,3 +25,19 @@ def expected_decoder() -> str:
     if forced:
         return forced
     return "tfio" if tfio_decoder_status().available else "pyav"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _frame_index_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Keep the probe's on-disk frame index cache out of the home folder while testing."""
+    import os
+
+    from keras_sideways.data.index_cache import ENV_VAR
+
+    old = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = str(tmp_path_factory.mktemp("frame_index_cache"))
+    yield
+    if old is None:
+        os.environ.pop(ENV_VAR, None)
+    else:
+        os.environ[ENV_VAR] = old

@@ -92,7 +92,7 @@ def test_seek_and_stop_early_decode_only_what_the_clip_needs(tmp_path):
 
 def test_decode_beyond_the_end_names_the_file(tmp_path):
     path = write_video(tmp_path / "short.mp4", 10)
-    with pytest.raises(ValueError, match="short.mp4.*stream ended after 10 frame"):
+    with pytest.raises(ValueError, match="short.mp4.*file has 10 frame"):
         decode_clip(path, [4, 12], None)
 
 

@@ -54,10 +54,10 @@ def test_the_decoder_that_runs_is_the_one_expected(three_class_dir, expected_dec
     if expected_decoder == "tfio":
         # tensorflow-io's FFmpeg reader is in the pipeline, and no Python decoding is.
         assert b"IO>FfmpegVideoReadableInit" in graph
-        assert b"EagerPyFunc" not in graph
+        assert b"PyFunc" not in graph  # neither py_function nor numpy_function
         assert STATUS.ffmpeg_libraries, "tfio decoded, so its FFmpeg libraries must be mapped"
     else:
-        assert b"EagerPyFunc" in graph and b"IO>Ffmpeg" not in graph
+        assert b"PyFunc" in graph and b"IO>Ffmpeg" not in graph
     assert len(_all_clips(ds)) == 12
 
 
