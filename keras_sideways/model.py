@@ -51,9 +51,8 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
             flight) across steps, so that consecutive batches continue the same B streams; the
             batch size is then fixed. ``reset_buffers()`` starts new streams. Buffers are never
             saved: a reloaded model starts new streams. A chunk in which no stage has a valid
-            contribution yet (the pipeline still filling) applies no update on one replica;
-            under a multi-replica strategy it applies a zero gradient (see
-            `keras_sideways.steps.apply_if_any`).
+            contribution yet (the pipeline still filling) applies no update and logs no loss
+            (see `keras_sideways.steps.apply_if_any`).
         update_every: ``None`` (default): one optimizer update per ``train_step`` from the
             per-stage means over the whole clip. An integer u: the means accumulated so far are
             applied after every u-th tick of the step and after its last tick (u=1 is the paper's
@@ -263,14 +262,19 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
         result = steps.run_pass(self, self.mode, clips, targets, sample_weight,
                                 loss_scale=self.optimizer.scale_loss(tf.constant(1.0)),
                                 update_metrics=True, apply_within=apply_within)
+        loss = result["loss"]
         if not apply_within:
+            finite = steps.all_finite(result["gradients"])
             steps.apply_if_any(self, result["gradients"], result["contributions"],
-                               may_be_empty=self.stateful and self.mode == "sideways")
-        # Weighted by batch size like Keras' own step; a stateful chunk that is still filling the
-        # pipeline has no valid top output and reports nothing.
-        has_loss = tf.math.is_finite(result["loss"])
+                               may_be_empty=self.stateful and self.mode == "sideways",
+                               finite=finite)
+            loss = steps.loss_to_log(self, loss, finite)
+        # Weighted by batch size like Keras' own step. Validity, not the value, decides what is
+        # logged: a stateful chunk still filling the pipeline has no top output that belongs to a
+        # frame and reports nothing; a NaN or infinite loss is logged as it is.
+        has_loss = result["contributions"][-1] > 0
         self._loss_tracker.update_state(
-            tf.where(has_loss, result["loss"], 0.0),
+            tf.where(has_loss, loss, 0.0),
             sample_weight=tf.cast(tf.shape(clips)[0], "float32") * tf.cast(has_loss, "float32"),
         )
         return self.get_metrics_result()
