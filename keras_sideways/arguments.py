@@ -91,9 +91,11 @@ def check_input_shape(input_shape: tuple) -> None:
 
 def convert_batch(clips: Any, targets: Any,
                   sample_weight: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
-    """Tensors of a training batch, or a clear error for missing targets or integer clips."""
+    """Tensors of a batch, or a clear error for missing targets or integer clips."""
     if clips is None or targets is None:
-        raise ValueError("Training a SidewaysModel needs (clips, targets); targets are None.")
+        raise ValueError(
+            "Training or evaluating a SidewaysModel needs (clips, targets); targets are None."
+        )
     clips = tf.convert_to_tensor(clips)
     targets = tf.convert_to_tensor(targets)
     if not clips.dtype.is_floating:

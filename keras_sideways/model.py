@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from keras_sideways import arguments, schedule, steps
+from keras_sideways.clip_metrics import ClipMetricsMixin
 from keras_sideways.distribute import MultiWorkerFitMixin
 from keras_sideways.pipeline import exact, placement
 from keras_sideways.pipeline.plan import LoopPlan
@@ -27,7 +28,7 @@ __all__ = ["DEFAULT_TICK_CHUNK", "MODES", "POOLS", "SidewaysModel", "TickLoop"]
 
 
 @keras.saving.register_keras_serializable(package="keras_sideways")
-class SidewaysModel(MultiWorkerFitMixin, keras.Model):
+class SidewaysModel(ClipMetricsMixin, MultiWorkerFitMixin, keras.Model):
     """A video model trained frame by frame with Sideways (or exact backprop as a baseline).
 
     The network is a list of K stages. With ``mode="sideways"`` one `train_step` runs the clip
@@ -279,6 +280,13 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
         )
         return self.get_metrics_result()
 
+    def test_step(self, data: Any) -> dict[str, Any]:
+        """The training objective on the exact forward, so that ``val_loss`` compares with
+        ``loss`` (see `keras_sideways.steps.evaluation_step`)."""
+        clips, targets, sample_weight = self._check_batch(
+            *keras.utils.unpack_x_y_sample_weight(data))
+        return steps.evaluation_step(self, clips, targets, sample_weight)
+
     # ------------------------------------------------------------------ streaming inference
 
     def stream_init(self, batch_size: Any) -> dict[str, tf.Tensor]:
@@ -345,9 +353,21 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
         self, clips: Any, targets: Any, sample_weight: Any, mode: str
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
         """Validate a training batch and build everything the step needs, outside any loop."""
+        clips, targets, sample_weight = self._check_batch(clips, targets, sample_weight)
+        if mode == "sideways" and not self.stateful:
+            arguments.check_clip_length(self.num_stages, clips)
+        if self.stateful and mode == "sideways":
+            self._stream_batch_size = arguments.check_stream_batch(
+                self._stream_batch_size, clips.shape[0])
+        return clips, targets, sample_weight
+
+    def _check_batch(self, clips: Any, targets: Any,
+                     sample_weight: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
+        """Validate a batch, build the model and the compiled loss and metrics: what training
+        and evaluation both need."""
         clips, targets, sample_weight = arguments.convert_batch(clips, targets, sample_weight)
         if getattr(self, "_compile_loss", None) is None:
-            raise ValueError("Compile the model with a `loss` before training it.")
+            raise ValueError("Compile the model with a `loss` before training or evaluating it.")
         if not self.built:
             self.build(clips.shape)
         arguments.check_targets(self.pool, self._layout.output_shapes[-1], clips, targets,
@@ -357,11 +377,6 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
             # of the train function; they must exist before the tick loop (no variable may be
             # created inside a while loop), so build them here, as `fit` does under a strategy.
             self._symbolic_build(data_batch=(clips, targets, sample_weight))
-        if mode == "sideways" and not self.stateful:
-            arguments.check_clip_length(self.num_stages, clips)
-        if self.stateful and mode == "sideways":
-            self._stream_batch_size = arguments.check_stream_batch(
-                self._stream_batch_size, clips.shape[0])
         return clips, targets, sample_weight
 
     def _compile_built(self) -> bool:

@@ -1,7 +1,8 @@
 """The model's side of one training step: `keras_sideways.pipeline` wired to a compiled model.
 
 `run_pass` computes a step's gradients and details in either mode; `SidewaysModel.train_step`
-and `compute_gradients` call it, then apply (`apply_if_any`) or return. What the model
+and `compute_gradients` call it, then apply (`apply_if_any`) or return. `evaluation_step` is
+`test_step`'s. What the model
 contributes to the recurrence (its compiled loss, metrics, in-loop optimizer updates, the stateful
 buffers) is plugged in here and nowhere else.
 """
@@ -99,6 +100,37 @@ def sideways_pass(model: Any, clips: tf.Tensor, targets: tf.Tensor, sample_weigh
                          tf.constant(float("nan")))
     return {"gradients": gradients, "loss": mean_loss + regularization_value,
             "tick_losses": totals.tick_losses.stack(), "contributions": totals.counts}
+
+
+def evaluation_step(model: Any, clips: tf.Tensor, targets: tf.Tensor,
+                    sample_weight: Any) -> dict[str, Any]:
+    """`SidewaysModel.test_step`: the training objective on the exact forward.
+
+    The mean per-frame loss over all T frames (what ``mode="backprop"`` trains on) plus
+    ``model.losses``, and ``metrics`` on the same per-frame outputs, as in training; the model's
+    ``clip_metrics`` on the pooled outputs. Returns the logs. Backprop with a zero learning
+    rate so logs ``loss == val_loss`` on the same data, and a Sideways model's ``val_loss`` is
+    that number (its training ``loss`` covers the frames that reached the top: T-K+1 of them in
+    a stateless clip).
+    """
+    outputs = model.sequence_forward(clips, training=False)
+    frame_targets, frame_weights = exact.per_frame(
+        targets, sample_weight, tf.shape(clips)[1], per_clip=model.pool == "mean")
+    frame_outputs = merge_time(outputs)
+    loss = model._frame_loss(frame_targets, frame_outputs, frame_weights)
+    model._loss_tracker.update_state((loss + model._additional_loss()) * num_replicas(),
+                                     sample_weight=tf.shape(clips)[0])
+    if model._compile_metrics is not None:
+        model._compile_metrics.update_state(frame_targets, frame_outputs, frame_weights)
+    logs = model.get_metrics_result()
+    if model._clip_metrics is not None:
+        clip_weights = sample_weight
+        if sample_weight is not None and sample_weight.shape.rank == 2:
+            clip_weights = tf.reduce_mean(sample_weight, axis=1)  # per-frame weights
+        model._clip_metrics.update_state(targets, tf.reduce_mean(outputs, axis=1), clip_weights)
+        # Not in `model.metrics` (their names would shadow the per-frame ones): added here.
+        logs.update(model._clip_metrics.result())
+    return logs
 
 
 def initial_state(model: Any, frames: loop.Frames) -> Any:
