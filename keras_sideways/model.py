@@ -16,6 +16,7 @@ import tensorflow as tf
 from keras_sideways import arguments, schedule, steps
 from keras_sideways.clip_metrics import ClipMetricsMixin
 from keras_sideways.distribute import MultiWorkerFitMixin
+from keras_sideways.fitting import FitMixin
 from keras_sideways.pipeline import exact, placement
 from keras_sideways.pipeline.plan import LoopPlan
 from keras_sideways.pipeline.policy import DEFAULT_TICK_CHUNK, TickLoop
@@ -28,7 +29,7 @@ __all__ = ["DEFAULT_TICK_CHUNK", "MODES", "POOLS", "SidewaysModel", "TickLoop"]
 
 
 @keras.saving.register_keras_serializable(package="keras_sideways")
-class SidewaysModel(ClipMetricsMixin, MultiWorkerFitMixin, keras.Model):
+class SidewaysModel(FitMixin, ClipMetricsMixin, MultiWorkerFitMixin, keras.Model):
     """A video model trained frame by frame with Sideways (or exact backprop as a baseline).
 
     The network is a list of K stages. With ``mode="sideways"`` one `train_step` runs the clip
