@@ -325,18 +325,15 @@ class SidewaysModel(FitMixin, ClipMetricsMixin, MultiWorkerFitMixin, keras.Model
             )
 
     def export(self, filepath: Any, format: str = "tf_saved_model", verbose: Any = None,
-               **kwargs: Any) -> None:
+               input_signature: Any = None, **kwargs: Any) -> None:
         """Write a SavedModel with ``serving_default``, ``stream_init`` and ``stream_step``.
 
-        See `keras_sideways.export.export_saved_model`; other formats are not supported.
+        Keras' arguments: ``input_signature`` sets the clips of ``serving_default`` (e.g. to
+        fix T), ``verbose``; see `keras_sideways.export.export_saved_model`.
         """
-        if format != "tf_saved_model":
-            raise ValueError(
-                f"SidewaysModel.export supports format='tf_saved_model' only, got {format!r}."
-            )
         from keras_sideways.export import export_saved_model
 
-        export_saved_model(self, filepath, verbose=verbose, **kwargs)
+        export_saved_model(self, filepath, format, verbose, input_signature, **kwargs)
 
     def reset_buffers(self) -> None:
         """Start new streams: the pipeline of a stateful model refills from the next batch."""

@@ -82,3 +82,53 @@ def test_a_model_built_by_hand_still_fits():
     weights = [np.array(w) for w in model.get_weights()]
     model.fit(clips, targets, batch_size=BATCH, shuffle=False, epochs=1, verbose=0)
     assert not np.allclose(weights[0], model.get_weights()[0])
+
+
+# ---------------------------------------------------------------------- export
+
+
+def fitted_model() -> SidewaysModel:
+    clips, targets = data()
+    model = unbuilt_model()
+    model.fit(clips, targets, batch_size=BATCH, shuffle=False, epochs=1, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("as_list", [False, True])
+def test_export_takes_keras_input_signature(tmp_path, as_list):
+    model = fitted_model()
+    spec = tf.TensorSpec((None, NUM_FRAMES, FEATURES), "float32")
+    model.export(tmp_path / "served", verbose=True, input_signature=[spec] if as_list else spec)
+    served = tf.saved_model.load(str(tmp_path / "served"))
+    serving = served.signatures["serving_default"]
+    assert serving.structured_input_signature[1]["clips"].shape.as_list() == [
+        None, NUM_FRAMES, FEATURES]
+    clips = data()[0]
+    np.testing.assert_allclose(serving(clips=tf.constant(clips))["output"],
+                               model.predict(clips, verbose=0), rtol=1e-5, atol=1e-6)
+    # The streaming signatures take one frame of the same shape.
+    step = served.signatures["stream_step"]
+    assert step.structured_input_signature[1]["frame"].shape.as_list() == [None, FEATURES]
+
+
+def test_export_keras_spec_kinds(tmp_path):
+    model = fitted_model()
+    model.export(tmp_path / "a", input_signature=keras.InputSpec(shape=(None, 8, FEATURES)))
+    model.export(tmp_path / "b", input_signature=keras.KerasTensor((2, None, FEATURES)))
+    assert tf.saved_model.load(str(tmp_path / "a")).signatures[
+        "serving_default"].structured_input_signature[1]["clips"].shape.as_list() == [
+        None, 8, FEATURES]
+
+
+def test_export_refuses_what_it_cannot_honour(tmp_path):
+    model = fitted_model()
+    with pytest.raises(TypeError, match=r"unsupported keyword arguments \['is_static'\]"):
+        model.export(tmp_path / "x", is_static=True)
+    with pytest.raises(ValueError, match=r"has shape \(None, 5, 7\), but this model takes clips "
+                                         r"shaped \(batch, frames\) \+ \(4,\)"):
+        model.export(tmp_path / "x", input_signature=tf.TensorSpec((None, 5, 7)))
+    with pytest.raises(TypeError, match="must be one spec of the clips"):
+        model.export(tmp_path / "x", input_signature=[tf.TensorSpec((None, 5, 4))] * 2)
+    with pytest.raises(ValueError, match="format='tf_saved_model' only"):
+        model.export(tmp_path / "x", format="onnx")
+    assert not (tmp_path / "x").exists()
