@@ -162,8 +162,24 @@ def check_clip_length(num_stages: int, clips: tf.Tensor) -> None:
     )
 
 
-def check_stream_batch(known: int | None, batch_size: int | None) -> int:
-    """The fixed batch size of a stateful model's streams, or a clear error."""
+def check_stream_batch(known: int | None, clips: tf.Tensor) -> tuple[int, tf.Tensor]:
+    """The fixed batch size of a stateful model's streams and the clips, or a clear error.
+
+    ``known``: the streams' batch size, None before the first batch (after creation, loading or
+    `reset_buffers`). A step that TensorFlow retraced with an unknown batch size (it relaxes
+    shapes after a second one) is checked at run time, the clips returned behind that check.
+    """
+    batch_size = clips.shape[0]
+    if batch_size is None and known is not None:
+        check = tf.debugging.assert_equal(
+            tf.shape(clips)[0], known,
+            message=(f"This stateful SidewaysModel runs {known} streams per replica but got a "
+                     "batch of another size (x below). Keep the batch size fixed (e.g. "
+                     "`drop_remainder=True`), or call `reset_buffers()` to start new streams "
+                     "with another batch size."),
+        )
+        with tf.control_dependencies([check]):
+            return known, tf.identity(clips)
     if batch_size is None:
         raise ValueError(
             "A stateful SidewaysModel needs a fixed batch size, but the batch size is "
@@ -173,9 +189,10 @@ def check_stream_batch(known: int | None, batch_size: int | None) -> int:
         raise ValueError(
             f"This stateful SidewaysModel runs {known} streams per "
             f"replica but got a batch of {batch_size} clips. Keep the batch size fixed "
-            "(e.g. `drop_remainder=True`), or build a new model for another batch size."
+            "(e.g. `drop_remainder=True`), or call `reset_buffers()` to start new streams "
+            "with another batch size."
         )
-    return int(batch_size)
+    return int(batch_size), clips
 
 
 def check_update_every_replicas(update_every: int | None, mode: str, replicas: float) -> None:

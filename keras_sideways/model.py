@@ -51,8 +51,9 @@ class SidewaysModel(FitMixin, ClipMetricsMixin, MultiWorkerFitMixin, keras.Model
             per-frame outputs ``(B, T, …)``). Training always uses the per-frame loss.
         stateful: keep the pipeline buffers (activations, cotangents, the targets of frames in
             flight) across steps, so that consecutive batches continue the same B streams; the
-            batch size is then fixed. ``reset_buffers()`` starts new streams. Buffers are never
-            saved: a reloaded model starts new streams. A chunk in which no stage has a valid
+            batch size is then fixed, from the first batch until ``reset_buffers()``, which
+            starts new streams (of any batch size). Buffers are never saved: a reloaded model
+            starts new streams. A chunk in which no stage has a valid
             contribution yet (the pipeline still filling) applies no update and logs no loss
             (see `keras_sideways.steps.apply_if_any`).
         update_every: ``None`` (default): one optimizer update per ``train_step`` from the
@@ -336,7 +337,8 @@ class SidewaysModel(FitMixin, ClipMetricsMixin, MultiWorkerFitMixin, keras.Model
         export_saved_model(self, filepath, format, verbose, input_signature, **kwargs)
 
     def reset_buffers(self) -> None:
-        """Start new streams: the pipeline of a stateful model refills from the next batch."""
+        """Start new streams: the pipeline of a stateful model refills from the next batch,
+        which may have another batch size (as for a new or reloaded model)."""
         if not self.stateful:
             raise ValueError(
                 "reset_buffers() applies to stateful models only; this model was built with "
@@ -344,6 +346,10 @@ class SidewaysModel(FitMixin, ClipMetricsMixin, MultiWorkerFitMixin, keras.Model
             )
         if self._buffers is not None:
             self._buffers.reset()
+        if self._stream_batch_size is not None:
+            self._stream_batch_size = None
+            # Traced for the old size; a retrace for another would relax the batch to unknown.
+            self.train_function = None
 
     # ------------------------------------------------------------------ internals
 
@@ -355,8 +361,8 @@ class SidewaysModel(FitMixin, ClipMetricsMixin, MultiWorkerFitMixin, keras.Model
         if mode == "sideways" and not self.stateful:
             arguments.check_clip_length(self.num_stages, clips)
         if self.stateful and mode == "sideways":
-            self._stream_batch_size = arguments.check_stream_batch(
-                self._stream_batch_size, clips.shape[0])
+            self._stream_batch_size, clips = arguments.check_stream_batch(
+                self._stream_batch_size, clips)
         return clips, targets, sample_weight
 
     def _check_batch(self, clips: Any, targets: Any,

@@ -132,3 +132,29 @@ def test_export_refuses_what_it_cannot_honour(tmp_path):
     with pytest.raises(ValueError, match="format='tf_saved_model' only"):
         model.export(tmp_path / "x", format="onnx")
     assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------- stateful streams
+
+
+def chunks(batch: int, frames: int = 2) -> tf.data.Dataset:
+    clips, targets = data()
+    return tf.data.Dataset.from_tensor_slices((clips[:, :frames], targets)).batch(
+        batch, drop_remainder=True)
+
+
+def test_reset_buffers_forgets_the_batch_size():
+    model = unbuilt_model(stateful=True)
+    model.fit(chunks(4), epochs=1, verbose=0)
+    # The traced step meets another batch size (TensorFlow retraces it with an unknown one).
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"runs 4 streams per replica but got a batch of another size.*"
+                             r"reset_buffers\(\)"):
+        model.fit(chunks(6), epochs=1, verbose=0)
+    model.reset_buffers()
+    steps = int(model.optimizer.iterations.numpy())
+    model.fit(chunks(6), epochs=1, verbose=0)  # new streams, another batch size
+    assert int(model.optimizer.iterations.numpy()) > steps
+    with pytest.raises(ValueError, match="runs 6 streams per replica but got a batch of 12"):
+        model.compute_gradients(*data()[:1], data()[1])  # 12 clips: eager, checked at once
+
