@@ -52,10 +52,9 @@ class SidewaysModel(FitMixin, ClipMetricsMixin, MultiWorkerFitMixin, keras.Model
         stateful: keep the pipeline buffers (activations, cotangents, the targets of frames in
             flight) across steps, so that consecutive batches continue the same B streams; the
             batch size is then fixed, from the first batch until ``reset_buffers()``, which
-            starts new streams (of any batch size). Buffers are never saved: a reloaded model
-            starts new streams. A chunk in which no stage has a valid
-            contribution yet (the pipeline still filling) applies no update and logs no loss
-            (see `keras_sideways.steps.apply_if_any`).
+            starts new streams (of any batch size); `fit` refuses to shuffle arrays. Buffers
+            are never saved: a reloaded model starts new streams. A chunk with no valid
+            contribution yet (the pipeline filling) applies no update and logs no loss.
         update_every: ``None`` (default): one optimizer update per ``train_step`` from the
             per-stage means over the whole clip. An integer u: the means accumulated so far are
             applied after every u-th tick of the step and after its last tick (u=1 is the paper's

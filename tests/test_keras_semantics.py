@@ -158,3 +158,22 @@ def test_reset_buffers_forgets_the_batch_size():
     with pytest.raises(ValueError, match="runs 6 streams per replica but got a batch of 12"):
         model.compute_gradients(*data()[:1], data()[1])  # 12 clips: eager, checked at once
 
+
+
+@pytest.mark.parametrize("shuffle", [True, "batch"])
+def test_stateful_fit_refuses_to_shuffle_arrays(shuffle):
+    clips, targets = data()
+    model = unbuilt_model(stateful=True)
+    with pytest.raises(ValueError, match=rf"fit\(shuffle={shuffle!r}\) on a stateful "
+                                         r"SidewaysModel.*Pass `shuffle=False`"):
+        model.fit(clips[:, :2], targets, batch_size=BATCH, shuffle=shuffle, verbose=0)
+    with pytest.raises(ValueError, match="would cut them"):  # Keras' default
+        model.fit(clips[:, :2], targets, batch_size=BATCH, verbose=0)
+    # Positional arguments are read the same way.
+    with pytest.raises(ValueError, match="would cut them"):
+        model.fit(clips[:, :2], targets, BATCH, 1, 0)
+    assert int(model.optimizer.iterations.numpy()) == 0
+    model.fit(clips[:, :2], targets, batch_size=BATCH, shuffle=False, verbose=0)
+    model.fit(chunks(BATCH), verbose=0)  # a dataset is never shuffled by fit
+    # A stateless model shuffles as Keras does.
+    unbuilt_model().fit(clips, targets, batch_size=BATCH, verbose=0)
