@@ -54,6 +54,13 @@ def check_options(mode: Any, pool: Any, update_every: Any, tick_chunk: Any) -> N
         raise ValueError(f"`tick_chunk` must be a positive int or None, got {tick_chunk!r}.")
 
 
+def check_stateful(stateful: Any) -> bool:
+    """``stateful`` as given, if a bool: ``bool("no")`` is True, so nothing else is taken."""
+    if not isinstance(stateful, bool):
+        raise TypeError(f"`stateful` must be True or False, got {stateful!r}.")
+    return stateful
+
+
 def check_mode(mode: Any, or_none: str = "") -> None:
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}{or_none}, got {mode!r}.")

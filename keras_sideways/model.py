@@ -107,7 +107,7 @@ class SidewaysModel(FitMixin, ClipMetricsMixin, MultiWorkerFitMixin, keras.Model
         self.stages = stages
         self.mode = mode
         self.pool = pool
-        self.stateful = bool(stateful)
+        self.stateful = arguments.check_stateful(stateful)
         self.update_every = update_every
         self.stage_devices = placement.check_stage_devices(stage_devices, len(stages))
         self.temporal_windows = arguments.check_temporal_windows(temporal_windows, len(stages))

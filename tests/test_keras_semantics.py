@@ -177,3 +177,17 @@ def test_stateful_fit_refuses_to_shuffle_arrays(shuffle):
     model.fit(chunks(BATCH), verbose=0)  # a dataset is never shuffled by fit
     # A stateless model shuffles as Keras does.
     unbuilt_model().fit(clips, targets, batch_size=BATCH, verbose=0)
+
+
+# ---------------------------------------------------------------------- arguments and messages
+
+
+@pytest.mark.parametrize("value", ["no", "False", 0, 1, None])
+def test_stateful_must_be_a_boolean(value):
+    with pytest.raises(TypeError, match=rf"`stateful` must be True or False, got {value!r}"):
+        SidewaysModel(dense_stages(2, 3), stateful=value)
+
+
+def test_stateful_booleans_round_trip_through_config():
+    model = SidewaysModel(dense_stages(2, 3), stateful=True)
+    assert SidewaysModel.from_config(model.get_config()).stateful is True
