@@ -150,11 +150,39 @@ def check_targets(pool: str | None, output_shape: tuple, clips: tf.Tensor, targe
             raise ValueError(
                 f"Got {clips.shape[0]} clips but {targets.shape[0]} targets in the batch."
             )
-    if sample_weight is not None and sample_weight.shape.rank not in (1, 2):
+    if sample_weight is not None:
+        check_sample_weight(clips, sample_weight)
+
+
+def check_sample_weight(clips: tf.Tensor, sample_weight: tf.Tensor) -> None:
+    """Per-clip (B,) or per-frame (B, T) weights, with either pool (per-frame weights weigh each
+    frame's loss in training), matching the clips' B and T."""
+    rank = sample_weight.shape.rank
+    if rank is not None and rank not in (1, 2):
         raise ValueError(
-            "sample_weight must be per clip (B,) or, with pool=None, per frame (B, T); got "
-            f"shape {sample_weight.shape}."
+            "sample_weight must be per clip (B,) or per frame (B, T), with pool='mean' or "
+            f"None alike; got shape {sample_weight.shape}."
         )
+    if None not in (sample_weight.shape[0], clips.shape[0]):
+        if sample_weight.shape[0] != clips.shape[0]:
+            raise ValueError(
+                f"Got {clips.shape[0]} clips but {sample_weight.shape[0]} sample weights in the "
+                "batch."
+            )
+    if rank == 2 and None not in (sample_weight.shape[1], clips.shape[1]):
+        if sample_weight.shape[1] != clips.shape[1]:
+            raise ValueError(
+                f"Per-frame sample weights cover {sample_weight.shape[1]} frames but the clips "
+                f"have T={clips.shape[1]}; they must be shaped (B, T)."
+            )
+
+
+def weights_for_build(pool: str | None, sample_weight: Any) -> Any:
+    """Sample weights shaped for Keras' symbolic build of the compiled loss and metrics, which
+    runs against `call`'s output: per clip for ``pool="mean"`` (B, …)."""
+    if pool == "mean" and sample_weight is not None and sample_weight.shape.rank == 2:
+        return sample_weight[:, 0]
+    return sample_weight
 
 
 def check_clip_length(num_stages: int, clips: tf.Tensor) -> None:

@@ -379,7 +379,8 @@ class SidewaysModel(FitMixin, ClipMetricsMixin, MultiWorkerFitMixin, keras.Model
             # Keras defers building the compiled loss, metrics and optimizer to the first trace
             # of the train function; they must exist before the tick loop (no variable may be
             # created inside a while loop), so build them here, as `fit` does under a strategy.
-            self._symbolic_build(data_batch=(clips, targets, sample_weight))
+            self._symbolic_build(data_batch=(
+                clips, targets, arguments.weights_for_build(self.pool, sample_weight)))
         return clips, targets, sample_weight
 
     def _compile_built(self) -> bool:

@@ -191,3 +191,24 @@ def test_stateful_must_be_a_boolean(value):
 def test_stateful_booleans_round_trip_through_config():
     model = SidewaysModel(dense_stages(2, 3), stateful=True)
     assert SidewaysModel.from_config(model.get_config()).stateful is True
+
+
+@pytest.mark.parametrize("pool", ["mean", None])
+def test_per_frame_sample_weights_are_accepted_with_either_pool_as_the_message_says(pool):
+    clips, targets = data()
+    if pool is None:
+        targets = np.repeat(targets[:, None], NUM_FRAMES, 1)
+    model = unbuilt_model(pool=pool)
+    frame_weights = np.ones((NUM_CLIPS, NUM_FRAMES), "float32")
+    frame_weights[:, 0] = 0.0
+    history = model.fit(clips, targets, sample_weight=frame_weights, batch_size=BATCH,
+                        shuffle=False, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    with pytest.raises(ValueError, match=r"per clip \(B,\) or per frame \(B, T\), with "
+                                         r"pool='mean' or None alike; got shape \(4, 5, 1\)"):
+        unbuilt_model(pool=pool).fit(clips, targets, sample_weight=frame_weights[..., None],
+                                     batch_size=BATCH, verbose=0, shuffle=False)
+    with pytest.raises(ValueError, match="cover 3 frames but the clips have T=5"):
+        model.compute_gradients(clips, targets, sample_weight=frame_weights[:, :3])
+    with pytest.raises(ValueError, match="Got 12 clips but 4 sample weights"):
+        model.compute_gradients(clips, targets, sample_weight=frame_weights[:4])
