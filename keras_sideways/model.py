@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from keras_sideways import arguments, schedule, steps
+from keras_sideways.checkpoint import CrashSafeSavingMixin
 from keras_sideways.clip_metrics import ClipMetricsMixin
 from keras_sideways.distribute import MultiWorkerFitMixin
 from keras_sideways.fitting import FitMixin
@@ -29,7 +30,8 @@ __all__ = ["DEFAULT_TICK_CHUNK", "MODES", "POOLS", "SidewaysModel", "TickLoop"]
 
 
 @keras.saving.register_keras_serializable(package="keras_sideways")
-class SidewaysModel(FitMixin, ClipMetricsMixin, MultiWorkerFitMixin, keras.Model):
+class SidewaysModel(CrashSafeSavingMixin, FitMixin, ClipMetricsMixin, MultiWorkerFitMixin,
+                    keras.Model):
     """A video model trained frame by frame with Sideways (or exact backprop as a baseline).
 
     The network is a list of K stages. With ``mode="sideways"`` one `train_step` runs the clip
@@ -326,11 +328,8 @@ class SidewaysModel(FitMixin, ClipMetricsMixin, MultiWorkerFitMixin, keras.Model
 
     def export(self, filepath: Any, format: str = "tf_saved_model", verbose: Any = None,
                input_signature: Any = None, **kwargs: Any) -> None:
-        """Write a SavedModel with ``serving_default``, ``stream_init`` and ``stream_step``.
-
-        Keras' arguments: ``input_signature`` sets the clips of ``serving_default`` (e.g. to
-        fix T), ``verbose``; see `keras_sideways.export.export_saved_model`.
-        """
+        """A SavedModel with ``serving_default``, ``stream_init`` and ``stream_step``; Keras'
+        ``input_signature`` sets the served clips (`keras_sideways.export.export_saved_model`)."""
         from keras_sideways.export import export_saved_model
 
         export_saved_model(self, filepath, format, verbose, input_signature, **kwargs)
