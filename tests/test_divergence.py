@@ -128,3 +128,20 @@ def test_under_mirrored_strategy_a_filling_stateful_chunk_applies_no_update():
     history = model.fit(chunks, epochs=1, verbose=0, callbacks=[record])
     assert record.iterations == [0]
     assert history.history["loss"] == [0.0]  # nothing to log: no output belonged to a frame
+
+
+def test_with_update_every_a_non_finite_in_step_update_is_skipped():
+    """K=3, T=5, u=1: updates after ticks 2, 3 and 4. A NaN in the last frame reaches stage 0's
+    pullback at tick 4 only, so that update is skipped and the two before it apply; the loss
+    (frames 0-2) stays finite, as docs/algorithm.md says."""
+    clips, targets = data()
+    clips[1, NUM_FRAMES - 1, 2] = np.nan
+    model = model_for("sideways", update_every=1)
+    history = model.fit(clips[:BATCH], targets[:BATCH], batch_size=BATCH, shuffle=False,
+                        verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 2
+    assert all(np.all(np.isfinite(w)) for w in model.get_weights())
+    assert np.isfinite(history.history["loss"][0])
+    clean = model_for("sideways", update_every=1)
+    clean.fit(clips[BATCH:2 * BATCH], targets[:BATCH], batch_size=BATCH, verbose=0)
+    assert int(clean.optimizer.iterations.numpy()) == 3
