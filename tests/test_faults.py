@@ -7,8 +7,8 @@ the other worker writes to a scratch directory of its own, as `tf.distribute` ad
 
 1. **A worker SIGKILLed mid-epoch.** Worker 1 kills itself after batch 1 of epoch 2; worker 0 is
    then stopped (SIGTERM, then SIGKILL), as a cluster manager would stop a job whose task died
-   (here it had already failed on its own: TensorFlow's collective health check reports the
-   dead peer).
+   (it waits in a collective until TensorFlow's health check reports the dead peer, which took
+   anywhere from under 2 s to longer than the stop here).
    Both are restarted with the same command: they resume at epoch 2 from their backups and end
    with the weights of an uninterrupted two-worker run.
 2. **The chief SIGKILLed while ModelCheckpoint writes.** The chief dies in the middle of writing
@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import test_multi_worker, test_resume
 from tests.test_multi_worker import free_ports
 
 pytestmark = pytest.mark.slow
@@ -59,21 +60,17 @@ import numpy as np
 import tensorflow as tf
 
 from keras_sideways import SidewaysModel
+# The other real-process tests' programs, written beside this one (see `Cluster`).
+from multi_worker_program import CLASSES
+from multi_worker_program import dataset as multi_worker_dataset
+from resume_program import KillAt
 
 EPOCHS, KILL_EPOCH, KILL_BATCH = 4, 2, 1
-GLOBAL_BATCH, NUM_CLIPS, NUM_FRAMES, FEATURES, CLASSES = 8, 32, 5, 4, 3
 
 
 def dataset():
-    rng = np.random.default_rng(0)
-    directions = rng.normal(size=(CLASSES, FEATURES))
-    labels = rng.integers(0, CLASSES, size=NUM_CLIPS)
-    time = np.linspace(0.0, 1.0, NUM_FRAMES)[None, :, None]
-    clips = 0.3 * rng.normal(size=(NUM_CLIPS, 1, FEATURES)) + directions[labels][:, None] * time
-    data = tf.data.Dataset.from_tensor_slices((clips.astype("float32"), labels))
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return data.batch(GLOBAL_BATCH).with_options(options)
+    """The multi-worker test's global batches, split between the workers."""
+    return multi_worker_dataset()[0]
 
 
 def sync(file):
@@ -100,21 +97,6 @@ class Record(keras.callbacks.Callback):
         np.savez(os.path.join(self.directory, f"weights_epoch{epoch}.npz"),
                  *self.model.get_weights())
         self.write(f"end {epoch}")
-
-
-class KillAt(keras.callbacks.Callback):
-    """SIGKILLs this process after batch `batch` of epoch `epoch`."""
-
-    def __init__(self, epoch, batch):
-        super().__init__()
-        self.kill_epoch, self.kill_batch, self.epoch = epoch, batch, None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if (self.epoch, batch) == (self.kill_epoch, self.kill_batch):
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def kill_while_writing_keras_file(number):
@@ -173,30 +155,27 @@ if __name__ == "__main__":
 
 # Keras' own `save`, killed the same way: what a plain model's checkpoint is left as.
 PLAIN_SAVE_SOURCE = r'''
-import os
-import signal
 import sys
-import zipfile
 
 import keras
+
+from worker import kill_while_writing_keras_file
 
 path = sys.argv[1]
 model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
 model.save(path)  # the previous checkpoint, whole
-original = zipfile.ZipFile.writestr
-
-
-def writestr(self, name, *args, **kwargs):
-    if str(name) == "model.weights.h5":
-        self.fp.flush()
-        os.fsync(self.fp.fileno())
-        os.kill(os.getpid(), signal.SIGKILL)
-    return original(self, name, *args, **kwargs)
-
-
-zipfile.ZipFile.writestr = writestr
+kill_while_writing_keras_file(1)
 model.save(path)  # killed while overwriting it
 '''
+
+
+def write_programs(workdir: Path) -> Path:
+    """The worker program and the programs it imports from, into ``workdir``."""
+    (workdir / "multi_worker_program.py").write_text(test_multi_worker.WORKER_SOURCE)
+    (workdir / "resume_program.py").write_text(test_resume.TRAIN_SOURCE)
+    script = workdir / "worker.py"
+    script.write_text(WORKER_SOURCE)
+    return script
 
 
 class Cluster:
@@ -204,8 +183,7 @@ class Cluster:
 
     def __init__(self, workdir: Path, scenario: str, num_workers: int = 2):
         self.workdir, self.scenario = workdir, scenario
-        script = workdir / "worker.py"
-        script.write_text(WORKER_SOURCE)
+        script = write_programs(workdir)
         cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(num_workers)]}
         self.processes, self.logs = [], []
         for index in range(num_workers):
@@ -363,6 +341,7 @@ def test_keras_own_save_killed_the_same_way_leaves_no_checkpoint(tmp_path):
     """Why `SidewaysModel.save` is atomic: Keras truncates the file it overwrites first."""
     import keras
 
+    write_programs(tmp_path)
     script = tmp_path / "plain_save.py"
     script.write_text(PLAIN_SAVE_SOURCE)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
