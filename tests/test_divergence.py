@@ -97,10 +97,19 @@ def test_divergence_is_logged_and_weights_stay_finite(mode):
     assert all(np.all(np.isfinite(w)) for w in model.get_weights())
 
 
+def two_replicas() -> tf.distribute.MirroredStrategy:
+    """Two replicas over the logical CPUs, reducing without collective ops: collective instance
+    keys restart with every strategy in one process and TensorFlow keeps their shapes, so a
+    second strategy's different model would clash with another test file's. (The collective
+    path itself runs in real worker processes: tests/test_multi_worker.py, test_faults.py.)"""
+    return tf.distribute.MirroredStrategy(
+        ["/CPU:0", "/CPU:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
 def test_under_mirrored_strategy_one_replicas_nan_stops_every_replicas_update():
     """The NaN clip sits in replica 1's half of the global batch: no replica applies the step
     (replica 0's own update is finite, but the all-reduced one is not)."""
-    strategy = tf.distribute.MirroredStrategy(["/CPU:0", "/CPU:1"])
+    strategy = two_replicas()
     clips, targets = data()
     clips[BATCH + BATCH // 2 + 1, 1, 2] = np.nan
     dataset = tf.data.Dataset.from_tensor_slices((clips, targets)).batch(BATCH)
@@ -117,7 +126,7 @@ def test_under_mirrored_strategy_one_replicas_nan_stops_every_replicas_update():
 def test_under_mirrored_strategy_a_filling_stateful_chunk_applies_no_update():
     """A chunk with no valid contribution is skipped on every replica (it used to apply zeros
     there, which moves momentum-carrying weights)."""
-    strategy = tf.distribute.MirroredStrategy(["/CPU:0", "/CPU:1"])
+    strategy = two_replicas()
     clips, targets = data()
     # K=3: no cotangent is valid before tick 2, so a first chunk of 2 frames is empty.
     chunks = tf.data.Dataset.from_tensor_slices(
