@@ -123,6 +123,7 @@ def test_under_mirrored_strategy_one_replicas_nan_stops_every_replicas_update():
     assert all(np.all(np.isfinite(w)) for w in model.get_weights())
 
 
+@pytest.mark.slow  # ~25 s / ~6 s: the default suite keeps the common cases
 def test_under_mirrored_strategy_a_filling_stateful_chunk_applies_no_update():
     """A chunk with no valid contribution is skipped on every replica (it used to apply zeros
     there, which moves momentum-carrying weights)."""
@@ -139,6 +140,7 @@ def test_under_mirrored_strategy_a_filling_stateful_chunk_applies_no_update():
     assert history.history["loss"] == [0.0]  # nothing to log: no output belonged to a frame
 
 
+@pytest.mark.slow  # ~25 s / ~6 s: the default suite keeps the common cases
 def test_with_update_every_a_non_finite_in_step_update_is_skipped():
     """K=3, T=5, u=1: updates after ticks 2, 3 and 4. A NaN in the last frame reaches stage 0's
     pullback at tick 4 only, so that update is skipped and the two before it apply; the loss
