@@ -54,6 +54,13 @@ def check_options(mode: Any, pool: Any, update_every: Any, tick_chunk: Any) -> N
         raise ValueError(f"`tick_chunk` must be a positive int or None, got {tick_chunk!r}.")
 
 
+def check_stateful(stateful: Any) -> bool:
+    """``stateful`` as given, if a bool: ``bool("no")`` is True, so nothing else is taken."""
+    if not isinstance(stateful, bool):
+        raise TypeError(f"`stateful` must be True or False, got {stateful!r}.")
+    return stateful
+
+
 def check_mode(mode: Any, or_none: str = "") -> None:
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}{or_none}, got {mode!r}.")
@@ -91,9 +98,11 @@ def check_input_shape(input_shape: tuple) -> None:
 
 def convert_batch(clips: Any, targets: Any,
                   sample_weight: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
-    """Tensors of a training batch, or a clear error for missing targets or integer clips."""
+    """Tensors of a batch, or a clear error for missing targets or integer clips."""
     if clips is None or targets is None:
-        raise ValueError("Training a SidewaysModel needs (clips, targets); targets are None.")
+        raise ValueError(
+            "Training or evaluating a SidewaysModel needs (clips, targets); targets are None."
+        )
     clips = tf.convert_to_tensor(clips)
     targets = tf.convert_to_tensor(targets)
     if not clips.dtype.is_floating:
@@ -141,11 +150,39 @@ def check_targets(pool: str | None, output_shape: tuple, clips: tf.Tensor, targe
             raise ValueError(
                 f"Got {clips.shape[0]} clips but {targets.shape[0]} targets in the batch."
             )
-    if sample_weight is not None and sample_weight.shape.rank not in (1, 2):
+    if sample_weight is not None:
+        check_sample_weight(clips, sample_weight)
+
+
+def check_sample_weight(clips: tf.Tensor, sample_weight: tf.Tensor) -> None:
+    """Per-clip (B,) or per-frame (B, T) weights, with either pool (per-frame weights weigh each
+    frame's loss in training), matching the clips' B and T."""
+    rank = sample_weight.shape.rank
+    if rank is not None and rank not in (1, 2):
         raise ValueError(
-            "sample_weight must be per clip (B,) or, with pool=None, per frame (B, T); got "
-            f"shape {sample_weight.shape}."
+            "sample_weight must be per clip (B,) or per frame (B, T), with pool='mean' or "
+            f"None alike; got shape {sample_weight.shape}."
         )
+    if None not in (sample_weight.shape[0], clips.shape[0]):
+        if sample_weight.shape[0] != clips.shape[0]:
+            raise ValueError(
+                f"Got {clips.shape[0]} clips but {sample_weight.shape[0]} sample weights in the "
+                "batch."
+            )
+    if rank == 2 and None not in (sample_weight.shape[1], clips.shape[1]):
+        if sample_weight.shape[1] != clips.shape[1]:
+            raise ValueError(
+                f"Per-frame sample weights cover {sample_weight.shape[1]} frames but the clips "
+                f"have T={clips.shape[1]}; they must be shaped (B, T)."
+            )
+
+
+def weights_for_build(pool: str | None, sample_weight: Any) -> Any:
+    """Sample weights shaped for Keras' symbolic build of the compiled loss and metrics, which
+    runs against `call`'s output: per clip for ``pool="mean"`` (B, …)."""
+    if pool == "mean" and sample_weight is not None and sample_weight.shape.rank == 2:
+        return sample_weight[:, 0]
+    return sample_weight
 
 
 def check_clip_length(num_stages: int, clips: tf.Tensor) -> None:
@@ -160,8 +197,24 @@ def check_clip_length(num_stages: int, clips: tf.Tensor) -> None:
     )
 
 
-def check_stream_batch(known: int | None, batch_size: int | None) -> int:
-    """The fixed batch size of a stateful model's streams, or a clear error."""
+def check_stream_batch(known: int | None, clips: tf.Tensor) -> tuple[int, tf.Tensor]:
+    """The fixed batch size of a stateful model's streams and the clips, or a clear error.
+
+    ``known``: the streams' batch size, None before the first batch (after creation, loading or
+    `reset_buffers`). A step that TensorFlow retraced with an unknown batch size (it relaxes
+    shapes after a second one) is checked at run time, the clips returned behind that check.
+    """
+    batch_size = clips.shape[0]
+    if batch_size is None and known is not None:
+        check = tf.debugging.assert_equal(
+            tf.shape(clips)[0], known,
+            message=(f"This stateful SidewaysModel runs {known} streams per replica but got a "
+                     "batch of another size (x below). Keep the batch size fixed (e.g. "
+                     "`drop_remainder=True`), or call `reset_buffers()` to start new streams "
+                     "with another batch size."),
+        )
+        with tf.control_dependencies([check]):
+            return known, tf.identity(clips)
     if batch_size is None:
         raise ValueError(
             "A stateful SidewaysModel needs a fixed batch size, but the batch size is "
@@ -171,9 +224,10 @@ def check_stream_batch(known: int | None, batch_size: int | None) -> int:
         raise ValueError(
             f"This stateful SidewaysModel runs {known} streams per "
             f"replica but got a batch of {batch_size} clips. Keep the batch size fixed "
-            "(e.g. `drop_remainder=True`), or build a new model for another batch size."
+            "(e.g. `drop_remainder=True`), or call `reset_buffers()` to start new streams "
+            "with another batch size."
         )
-    return int(batch_size)
+    return int(batch_size), clips
 
 
 def check_update_every_replicas(update_every: int | None, mode: str, replicas: float) -> None:

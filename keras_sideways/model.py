@@ -14,7 +14,10 @@ import keras
 import tensorflow as tf
 
 from keras_sideways import arguments, schedule, steps
+from keras_sideways.checkpoint import CrashSafeSavingMixin
+from keras_sideways.clip_metrics import ClipMetricsMixin
 from keras_sideways.distribute import MultiWorkerFitMixin
+from keras_sideways.fitting import FitMixin
 from keras_sideways.pipeline import exact, placement
 from keras_sideways.pipeline.plan import LoopPlan
 from keras_sideways.pipeline.policy import DEFAULT_TICK_CHUNK, TickLoop
@@ -27,7 +30,8 @@ __all__ = ["DEFAULT_TICK_CHUNK", "MODES", "POOLS", "SidewaysModel", "TickLoop"]
 
 
 @keras.saving.register_keras_serializable(package="keras_sideways")
-class SidewaysModel(MultiWorkerFitMixin, keras.Model):
+class SidewaysModel(CrashSafeSavingMixin, FitMixin, ClipMetricsMixin, MultiWorkerFitMixin,
+                    keras.Model):
     """A video model trained frame by frame with Sideways (or exact backprop as a baseline).
 
     The network is a list of K stages. With ``mode="sideways"`` one `train_step` runs the clip
@@ -49,11 +53,10 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
             per-frame outputs ``(B, T, …)``). Training always uses the per-frame loss.
         stateful: keep the pipeline buffers (activations, cotangents, the targets of frames in
             flight) across steps, so that consecutive batches continue the same B streams; the
-            batch size is then fixed. ``reset_buffers()`` starts new streams. Buffers are never
-            saved: a reloaded model starts new streams. A chunk in which no stage has a valid
-            contribution yet (the pipeline still filling) applies no update on one replica;
-            under a multi-replica strategy it applies a zero gradient (see
-            `keras_sideways.steps.apply_if_any`).
+            batch size is then fixed, from the first batch until ``reset_buffers()``, which
+            starts new streams (of any batch size); `fit` refuses to shuffle arrays. Buffers
+            are never saved: a reloaded model starts new streams. A chunk with no valid
+            contribution yet (the pipeline filling) applies no update and logs no loss.
         update_every: ``None`` (default): one optimizer update per ``train_step`` from the
             per-stage means over the whole clip. An integer u: the means accumulated so far are
             applied after every u-th tick of the step and after its last tick (u=1 is the paper's
@@ -108,7 +111,7 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
         self.stages = stages
         self.mode = mode
         self.pool = pool
-        self.stateful = bool(stateful)
+        self.stateful = arguments.check_stateful(stateful)
         self.update_every = update_every
         self.stage_devices = placement.check_stage_devices(stage_devices, len(stages))
         self.temporal_windows = arguments.check_temporal_windows(temporal_windows, len(stages))
@@ -265,17 +268,29 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
         result = steps.run_pass(self, self.mode, clips, targets, sample_weight,
                                 loss_scale=self.optimizer.scale_loss(tf.constant(1.0)),
                                 update_metrics=True, apply_within=apply_within)
+        loss = result["loss"]
         if not apply_within:
+            finite = steps.all_finite(result["gradients"])
             steps.apply_if_any(self, result["gradients"], result["contributions"],
-                               may_be_empty=self.stateful and self.mode == "sideways")
-        # Weighted by batch size like Keras' own step; a stateful chunk that is still filling the
-        # pipeline has no valid top output and reports nothing.
-        has_loss = tf.math.is_finite(result["loss"])
+                               may_be_empty=self.stateful and self.mode == "sideways",
+                               finite=finite)
+            loss = steps.loss_to_log(self, loss, finite)
+        # Weighted by batch size like Keras' own step. Validity, not the value, decides what is
+        # logged: a stateful chunk still filling the pipeline has no top output that belongs to a
+        # frame and reports nothing; a NaN or infinite loss is logged as it is.
+        has_loss = result["contributions"][-1] > 0
         self._loss_tracker.update_state(
-            tf.where(has_loss, result["loss"], 0.0),
+            tf.where(has_loss, loss, 0.0),
             sample_weight=tf.cast(tf.shape(clips)[0], "float32") * tf.cast(has_loss, "float32"),
         )
         return self.get_metrics_result()
+
+    def test_step(self, data: Any) -> dict[str, Any]:
+        """The training objective on the exact forward, so that ``val_loss`` compares with
+        ``loss`` (see `keras_sideways.steps.evaluation_step`)."""
+        clips, targets, sample_weight = self._check_batch(
+            *keras.utils.unpack_x_y_sample_weight(data))
+        return steps.evaluation_step(self, clips, targets, sample_weight)
 
     # ------------------------------------------------------------------ streaming inference
 
@@ -314,21 +329,16 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
             )
 
     def export(self, filepath: Any, format: str = "tf_saved_model", verbose: Any = None,
-               **kwargs: Any) -> None:
-        """Write a SavedModel with ``serving_default``, ``stream_init`` and ``stream_step``.
-
-        See `keras_sideways.export.export_saved_model`; other formats are not supported.
-        """
-        if format != "tf_saved_model":
-            raise ValueError(
-                f"SidewaysModel.export supports format='tf_saved_model' only, got {format!r}."
-            )
+               input_signature: Any = None, **kwargs: Any) -> None:
+        """A SavedModel with ``serving_default``, ``stream_init`` and ``stream_step``; Keras'
+        ``input_signature`` sets the served clips (`keras_sideways.export.export_saved_model`)."""
         from keras_sideways.export import export_saved_model
 
-        export_saved_model(self, filepath, verbose=verbose, **kwargs)
+        export_saved_model(self, filepath, format, verbose, input_signature, **kwargs)
 
     def reset_buffers(self) -> None:
-        """Start new streams: the pipeline of a stateful model refills from the next batch."""
+        """Start new streams: the pipeline of a stateful model refills from the next batch,
+        which may have another batch size (as for a new or reloaded model)."""
         if not self.stateful:
             raise ValueError(
                 "reset_buffers() applies to stateful models only; this model was built with "
@@ -336,6 +346,10 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
             )
         if self._buffers is not None:
             self._buffers.reset()
+        if self._stream_batch_size is not None:
+            self._stream_batch_size = None
+            # Traced for the old size; a retrace for another would relax the batch to unknown.
+            self.train_function = None
 
     # ------------------------------------------------------------------ internals
 
@@ -343,9 +357,21 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
         self, clips: Any, targets: Any, sample_weight: Any, mode: str
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
         """Validate a training batch and build everything the step needs, outside any loop."""
+        clips, targets, sample_weight = self._check_batch(clips, targets, sample_weight)
+        if mode == "sideways" and not self.stateful:
+            arguments.check_clip_length(self.num_stages, clips)
+        if self.stateful and mode == "sideways":
+            self._stream_batch_size, clips = arguments.check_stream_batch(
+                self._stream_batch_size, clips)
+        return clips, targets, sample_weight
+
+    def _check_batch(self, clips: Any, targets: Any,
+                     sample_weight: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
+        """Validate a batch, build the model and the compiled loss and metrics: what training
+        and evaluation both need."""
         clips, targets, sample_weight = arguments.convert_batch(clips, targets, sample_weight)
         if getattr(self, "_compile_loss", None) is None:
-            raise ValueError("Compile the model with a `loss` before training it.")
+            raise ValueError("Compile the model with a `loss` before training or evaluating it.")
         if not self.built:
             self.build(clips.shape)
         arguments.check_targets(self.pool, self._layout.output_shapes[-1], clips, targets,
@@ -354,12 +380,8 @@ class SidewaysModel(MultiWorkerFitMixin, keras.Model):
             # Keras defers building the compiled loss, metrics and optimizer to the first trace
             # of the train function; they must exist before the tick loop (no variable may be
             # created inside a while loop), so build them here, as `fit` does under a strategy.
-            self._symbolic_build(data_batch=(clips, targets, sample_weight))
-        if mode == "sideways" and not self.stateful:
-            arguments.check_clip_length(self.num_stages, clips)
-        if self.stateful and mode == "sideways":
-            self._stream_batch_size = arguments.check_stream_batch(
-                self._stream_batch_size, clips.shape[0])
+            self._symbolic_build(data_batch=(
+                clips, targets, arguments.weights_for_build(self.pool, sample_weight)))
         return clips, targets, sample_weight
 
     def _compile_built(self) -> bool:

@@ -1,7 +1,8 @@
 """The model's side of one training step: `keras_sideways.pipeline` wired to a compiled model.
 
 `run_pass` computes a step's gradients and details in either mode; `SidewaysModel.train_step`
-and `compute_gradients` call it, then apply (`apply_if_any`) or return. What the model
+and `compute_gradients` call it, then apply (`apply_if_any`) or return. `evaluation_step` is
+`test_step`'s. What the model
 contributes to the recurrence (its compiled loss, metrics, in-loop optimizer updates, the stateful
 buffers) is plugged in here and nowhere else.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
 import tensorflow as tf
 
 from keras_sideways.pipeline import exact, loop, skewed
@@ -100,6 +102,37 @@ def sideways_pass(model: Any, clips: tf.Tensor, targets: tf.Tensor, sample_weigh
             "tick_losses": totals.tick_losses.stack(), "contributions": totals.counts}
 
 
+def evaluation_step(model: Any, clips: tf.Tensor, targets: tf.Tensor,
+                    sample_weight: Any) -> dict[str, Any]:
+    """`SidewaysModel.test_step`: the training objective on the exact forward.
+
+    The mean per-frame loss over all T frames (what ``mode="backprop"`` trains on) plus
+    ``model.losses``, and ``metrics`` on the same per-frame outputs, as in training; the model's
+    ``clip_metrics`` on the pooled outputs. Returns the logs. Backprop with a zero learning
+    rate so logs ``loss == val_loss`` on the same data, and a Sideways model's ``val_loss`` is
+    that number (its training ``loss`` covers the frames that reached the top: T-K+1 of them in
+    a stateless clip).
+    """
+    outputs = model.sequence_forward(clips, training=False)
+    frame_targets, frame_weights = exact.per_frame(
+        targets, sample_weight, tf.shape(clips)[1], per_clip=model.pool == "mean")
+    frame_outputs = merge_time(outputs)
+    loss = model._frame_loss(frame_targets, frame_outputs, frame_weights)
+    model._loss_tracker.update_state((loss + model._additional_loss()) * num_replicas(),
+                                     sample_weight=tf.shape(clips)[0])
+    if model._compile_metrics is not None:
+        model._compile_metrics.update_state(frame_targets, frame_outputs, frame_weights)
+    logs = model.get_metrics_result()
+    if model._clip_metrics is not None:
+        clip_weights = sample_weight
+        if sample_weight is not None and sample_weight.shape.rank == 2:
+            clip_weights = tf.reduce_mean(sample_weight, axis=1)  # per-frame weights
+        model._clip_metrics.update_state(targets, tf.reduce_mean(outputs, axis=1), clip_weights)
+        # Not in `model.metrics` (their names would shadow the per-frame ones): added here.
+        logs.update(model._clip_metrics.result())
+    return logs
+
+
 def initial_state(model: Any, frames: loop.Frames) -> Any:
     """The pipeline state a step starts from: empty, or a stateful model's stored streams."""
     clips, targets, sample_weight = frames.clips, frames.targets, frames.weights
@@ -112,25 +145,73 @@ def initial_state(model: Any, frames: loop.Frames) -> Any:
     return model._buffers.read(state) if model.stateful else state
 
 
-def apply_if_any(model: Any, gradients: list, counts: tf.Tensor, may_be_empty: bool) -> None:
-    """Apply an update, skipping it when no stage had a valid contribution.
+def apply_if_any(model: Any, gradients: list, counts: tf.Tensor, may_be_empty: bool,
+                 finite: Any = None) -> None:
+    """Apply an update, skipping it when no stage had a valid contribution or it is not finite.
 
     Only a stateful chunk still filling the pipeline, or an `update_every` point before the
-    first valid cotangent, can be empty; a stateless clip always has contributions (its length
-    was checked), so it applies without a conditional.
+    first valid cotangent, can be empty. A non-finite update (NaN or infinite, from bad data or
+    divergence) is skipped: weights, optimizer slots and `optimizer.iterations` stay as they
+    were, as Keras' `LossScaleOptimizer` does with an overflowing step (that optimizer is left
+    to decide for itself, since it also lowers its scale). ``finite``: `all_finite` of the
+    gradients, if already known. Under a multi-replica strategy every replica skips when any
+    replica vetoes (the all-reduced update would not be finite either).
     """
     variables = list(model.trainable_variables)
-
-    def apply() -> tf.Tensor:
+    checks = [tf.reduce_any(counts > 0)] if may_be_empty else []
+    if not scales_loss(model.optimizer):
+        checks.append(all_finite(gradients) if finite is None else finite)
+    if not checks:
         model.optimizer.apply(gradients, variables)
-        return tf.constant(True)
+        return
+    should_apply = tf.reduce_all(tf.stack(checks))
 
-    if may_be_empty and num_replicas() == 1:
-        tf.cond(tf.reduce_any(counts > 0), apply, lambda: tf.constant(False))
-    else:
-        # Under a multi-replica strategy the optimizer's cross-replica sync (merge_call) cannot
-        # sit inside a conditional, so an empty stateful chunk applies zeros there.
-        apply()
+    def apply() -> tf.Operation:
+        model.optimizer.apply(gradients, variables)
+        return tf.no_op()
+
+    context = tf.distribute.get_replica_context()
+    if num_replicas() == 1 or context is None:
+        tf.cond(should_apply, apply, tf.no_op)
+        return
+    vetoes = context.all_reduce(
+        tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(should_apply), tf.float32))
+    # The optimizer's cross-replica sync (merge_call) cannot sit inside a conditional in a
+    # replica context: branch in the cross-replica context, as `LossScaleOptimizer` does.
+
+    def branch(strategy: tf.distribute.Strategy, gradients: list, vetoes: Any) -> None:
+        def apply_everywhere() -> tf.Operation:
+            strategy.extended.call_for_each_replica(
+                lambda g: model.optimizer.apply(g, variables), args=(gradients,))
+            return tf.no_op()
+
+        # Every replica holds the same all-reduced count: take the first local one.
+        vetoed = strategy.experimental_local_results(vetoes)[0] > 0
+        tf.cond(vetoed, tf.no_op, apply_everywhere)
+
+    context.merge_call(branch, args=(gradients, vetoes))
+
+
+def all_finite(gradients: list) -> tf.Tensor:
+    """Whether every gradient is finite (no NaN, no infinity): a scalar bool."""
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
+
+
+def scales_loss(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is Keras' `LossScaleOptimizer`, which skips non-finite steps itself."""
+    return isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def loss_to_log(model: Any, loss: tf.Tensor, finite: tf.Tensor) -> tf.Tensor:
+    """The step's loss, NaN where its update was skipped as not finite.
+
+    Even where the frame that made the update non-finite never reached the loss (a NaN in a
+    stateless clip's last K-1 frames): the run shows it, and `TerminateOnNaN` stops it. A
+    loss-scaling optimizer skips overflowing steps as a matter of course: its loss stays.
+    """
+    if scales_loss(model.optimizer):
+        return loss
+    return tf.where(finite, loss, tf.constant(float("nan"), loss.dtype))
 
 
 def check_no_call_losses(model: Any) -> None:

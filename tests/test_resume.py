@@ -82,8 +82,7 @@ def make_model():
     )
     # Momentum: the optimizer has state that a resume must restore, not just the weights.
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
-    # BackupAndRestore restores into a built model (it refuses an unbuilt one).
-    model.build((None, NUM_FRAMES, FEATURES))
+    # Not built: `fit` builds it from the first batch before BackupAndRestore restores into it.
     return model
 
 
@@ -182,6 +181,7 @@ def test_resumed_run_starts_at_the_interrupted_epoch_and_finishes(runs):
 def test_resumed_run_equals_an_uninterrupted_run(runs):
     workdir, reference = runs["workdir"], runs["reference"]
     resumed = runs["make_model"]()
+    resumed.build((None, 5, 4))
     resumed.optimizer.build(resumed.trainable_variables)  # so that its state loads too
     resumed.load_weights(workdir / "final.weights.h5")
     assert_weights_equal(resumed.get_weights(), reference.get_weights(), rtol=1e-6, atol=1e-7)
@@ -208,6 +208,7 @@ def test_model_checkpoints_reload(runs):
     # The .keras checkpoint carries the optimizer too: it trained 3 steps per epoch.
     assert int(last.optimizer.iterations.numpy()) == EPOCHS * 3
     fresh = runs["make_model"]()
+    fresh.build((None, 5, 4))
     fresh.optimizer.build(fresh.trainable_variables)
     fresh.load_weights(checkpoints / f"epoch{EPOCHS}.weights.h5")
     assert_weights_equal(fresh.get_weights(), reference.get_weights(), rtol=1e-6, atol=1e-7)

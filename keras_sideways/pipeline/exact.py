@@ -64,12 +64,7 @@ def backprop_gradients(
     ``additional_loss``: ``model.losses`` summed. Returns the step result of `compute_gradients`.
     """
     num_frames = tf.shape(clips)[1]
-    frame_targets = merge_time(repeat_time(targets, num_frames) if per_clip else targets)
-    frame_weights = None
-    if sample_weight is not None:
-        if sample_weight.shape.rank == 1:
-            sample_weight = repeat_time(sample_weight, num_frames)
-        frame_weights = merge_time(sample_weight)
+    frame_targets, frame_weights = per_frame(targets, sample_weight, num_frames, per_clip)
     with tf.GradientTape() as tape:
         outputs = merge_time(forward(clips))
         loss = frame_loss(frame_targets, outputs, frame_weights)
@@ -84,3 +79,14 @@ def backprop_gradients(
         "tick_losses": tf.fill([num_frames], tf.constant(math.nan)),
         "contributions": tf.fill([num_stages], tf.cast(num_frames, tf.float32)),
     }
+
+
+def per_frame(targets: tf.Tensor, sample_weight: Any, num_frames: Any,
+              per_clip: bool) -> tuple[tf.Tensor, Any]:
+    """Targets and sample weights of every frame, (B·T, …): per-clip ones repeated over T."""
+    frame_targets = merge_time(repeat_time(targets, num_frames) if per_clip else targets)
+    if sample_weight is None:
+        return frame_targets, None
+    if sample_weight.shape.rank == 1:
+        sample_weight = repeat_time(sample_weight, num_frames)
+    return frame_targets, merge_time(sample_weight)
