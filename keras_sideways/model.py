@@ -81,10 +81,8 @@ class SidewaysModel(CrashSafeSavingMixin, FitMixin, ClipMetricsMixin, MultiWorke
             whose batch statistics would otherwise mix ticks). The updates are the same for any
             value (the weights are fixed between updates, so a stage's C ticks are independent
             given the carried buffers); larger chunks trade memory (it grows with C, never with
-            T) for speed on one device. 1 is the literal per-tick pipeline. Two chunks are in
-            flight at once unless the loop changes state, and a stateless step's first chunk
-            skips the empty pipeline's filling ticks, which add nothing (`tick_plan` says what a
-            step does).
+            T) for speed on one device. 1 is the literal per-tick pipeline. `tick_plan` says what
+            a step does (chunks in flight, whether the first chunk skips the filling ticks).
         **kwargs: passed to `keras.Model` (e.g. ``name``).
 
     Attributes:
