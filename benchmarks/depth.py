@@ -52,13 +52,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-IMAGE = 64
 CLASSES = 4
 MODELS = {
     # The isotropic reference: two equal stages of two 3x3 convolutions, width 32.
-    "isotropic": {"batch": 8, "frames": 32},
+    "isotropic": {"batch": 8, "frames": 32, "image": 64},
     # The example's model (examples/action_recognition.py): 3 stages, windows 3-2-1.
-    "temporal": {"batch": 8, "frames": 32},
+    "temporal": {"batch": 8, "frames": 32, "image": 64},
+    # Small stages: a 4-stage per-frame CNN of 16-32 channels at 32x32, where per-call overhead
+    # weighs most against the work of a stage.
+    "small": {"batch": 8, "frames": 64, "image": 32},
 }
 
 
@@ -72,6 +74,8 @@ def build_network(name: str) -> Any:
         return models.isotropic_cnn_classifier(CLASSES, num_stages=2, width=32)
     if name == "temporal":
         return models.temporal_cnn_classifier(CLASSES)
+    if name == "small":
+        return models.frame_cnn_classifier(CLASSES, filters=(16, 16, 32, 32))
     raise ValueError(f"Unknown model {name!r}; known: {sorted(MODELS)}.")
 
 
@@ -100,10 +104,11 @@ def worker(config: dict[str, Any]) -> None:
     shape = MODELS[config["model"]]
     batch, frames = shape["batch"], config.get("frames", shape["frames"])
     rng = np.random.default_rng(0)
-    clips = tf.constant(rng.uniform(size=(batch, frames, IMAGE, IMAGE, 3)).astype("float32"))
+    image = shape["image"]
+    clips = tf.constant(rng.uniform(size=(batch, frames, image, image, 3)).astype("float32"))
     labels = tf.constant(rng.integers(0, CLASSES, size=batch))
     if config["kind"] == "modeled":
-        print(json.dumps(modeled(config["model"], batch)), flush=True)
+        print(json.dumps(modeled(config["model"], batch, image)), flush=True)
         return
     strategy = (tf.distribute.MirroredStrategy([f"/CPU:{d}" for d in range(config["devices"])])
                 if config["kind"] == "mirrored" else tf.distribute.get_strategy())
@@ -118,7 +123,7 @@ def worker(config: dict[str, Any]) -> None:
         if config.get("schedule"):
             from keras_sideways.pipeline.policy import TickLoop
 
-            model.tick_loop = TickLoop(schedule=config["schedule"])
+            model.tick_loop = TickLoop(schedule=config["schedule"], unroll=config.get("unroll"))
         model.compile(optimizer="adam",
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     if config["kind"] == "mirrored":
@@ -139,7 +144,7 @@ def worker(config: dict[str, Any]) -> None:
     info: dict[str, Any] = {"ready": True}
     if config.get("mode", "sideways") == "sideways":
         plan = model.tick_plan(frames)
-        info.update(schedule=plan.schedule, chunk=plan.chunk)
+        info.update(schedule=plan.schedule, chunk=plan.chunk, unrolled=plan.unrolled)
     print(json.dumps(info), flush=True)
     for line in sys.stdin:
         steps = int(line)
@@ -153,14 +158,14 @@ def worker(config: dict[str, Any]) -> None:
                           "cpu_per_wall": cpu / wall}), flush=True)
 
 
-def modeled(name: str, batch: int, repeats: int = 20) -> dict[str, Any]:
+def modeled(name: str, batch: int, image: int, repeats: int = 20) -> dict[str, Any]:
     """Per-stage forward+pullback seconds per tick on one thread, and the modeled speed-up."""
     import tensorflow as tf
 
     from keras_sideways.partition import modeled_speedup
 
     net = build_network(name)
-    x = tf.random.uniform((batch, IMAGE, IMAGE, 3))
+    x = tf.random.uniform((batch, image, image, 3))
     calls, output_sizes = [], []
     for k, stage in enumerate(net.stages):
         window = net.temporal_windows[k]
@@ -304,6 +309,11 @@ def run_model(name: str, args: argparse.Namespace, env: dict[str, str]) -> dict[
                  "stage_devices": stage_devices}
         fleet.start("sideways_depth", depth)
         fleet.start("sideways_depth_one_thread", {**depth, "inter": 1})
+        if not args.quick:
+            # The skewed schedule's `tf.while_loop` form (what runs past the unrolling limit):
+            # the stages below the top run each chunk's forward twice.
+            fleet.start("sideways_depth_looped", {**depth, "schedule": "skewed",
+                                                  "unroll": False})
         fleet.start("sideways_depth_default_pools", {**depth, "intra": 0, "inter": 0})
         fleet.start("sideways_skewed_one_device", {**base, "kind": "train",
                                                    "schedule": "skewed"})

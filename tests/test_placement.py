@@ -86,9 +86,18 @@ def test_fit_and_predict_equal_one_device():
 SKEWED_PART = r"(stage\d+_(forward|pullback|top)/)?"
 
 
+# The skewed schedule unrolled (the default where T is known), its `tf.while_loop` form, and
+# the chunked one.
+SCHEDULES = {"skewed": TickLoop(schedule="skewed"),
+             "skewed_looped": TickLoop(schedule="skewed", unroll=False),
+             "chunked": TickLoop(schedule="chunked")}
+# Where the loop's ops live: the body of a `tf.while_loop`, or one name scope per iteration.
+LOOP = r"(while|iteration\d+)/"
+
+
 def placed_model(schedule: str) -> SidewaysModel:
     model = make_model(DEVICES)
-    model.tick_loop = TickLoop(schedule=schedule)
+    model.tick_loop = SCHEDULES[schedule]
     return model
 
 
@@ -96,14 +105,17 @@ def _tick_graph_nodes(model: SidewaysModel, clips: np.ndarray, targets: np.ndarr
     """NodeDefs of every function in the traced training computation (the tick loop's body)."""
     function = tf.function(lambda x, y: model.compute_gradients(x, y))
     graph = function.get_concrete_function(tf.constant(clips), tf.constant(targets)).graph
-    library = graph.as_graph_def().library.function
-    # The loop's body, and the conditionals inside it (the skewed schedule's stage parts).
-    return [node for fn in library if fn.signature.name.startswith(("while_body", "while_stage"))
-            for node in fn.node_def]
+    graph_def = graph.as_graph_def()
+    # The loop's body, and the conditionals inside it (the skewed schedule's stage parts); or,
+    # unrolled, the iterations' name scopes in the step's own graph.
+    return [node for fn in graph_def.library.function
+            if fn.signature.name.startswith(("while_body", "while_stage"))
+            for node in fn.node_def] + [
+        node for node in graph_def.node if re.match(r"(gradient_tape/)?iteration\d+/", node.name)]
 
 
 def _stage_ops(nodes: list, k: int, backward: bool) -> list:
-    prefix = r"gradient_tape/while/" if backward else r"while/"
+    prefix = r"gradient_tape/" + LOOP if backward else LOOP
     pattern = re.compile(prefix + SKEWED_PART + rf"stage{k}(_\d+)?/")
     compute = {"MatMul", "BiasAdd", "Tanh", "TanhGrad", "BiasAddGrad"}
     return [n for n in nodes if pattern.match(n.name) and n.op in compute]
@@ -123,19 +135,19 @@ def assert_stage_ops_on_their_devices(backward: bool, num_frames: int, schedule:
                 node.name, node.device)
 
 
-@pytest.mark.parametrize("schedule", ["skewed", "chunked"])
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
 def test_each_stage_computes_on_its_device_every_tick(schedule):
     assert_stage_ops_on_their_devices(backward=False, num_frames=3, schedule=schedule)
 
 
-@pytest.mark.parametrize("schedule", ["skewed", "chunked"])
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
 def test_each_stage_pulls_back_on_its_device_every_tick(schedule):
     """Gradient ops do not inherit their forward op's device: each pullback must be placed."""
     assert_stage_ops_on_their_devices(backward=True, num_frames=4, schedule=schedule)
 
 
 # Placement gaps found while writing these tests, now closed in model.py.
-@pytest.mark.parametrize("schedule", ["skewed", "chunked"])
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
 def test_each_stage_accumulates_its_gradients_on_its_device(schedule):
     clips, targets = batch(8)
     model = placed_model(schedule)
@@ -143,10 +155,14 @@ def test_each_stage_accumulates_its_gradients_on_its_device(schedule):
     nodes = _tick_graph_nodes(model, clips, targets)
     for k, device in enumerate(DEVICES):
         # The accumulating adds: an AddV2 fed directly by one of stage k's parameter gradients.
-        source = re.compile(rf"gradient_tape/while/{SKEWED_PART}stage{k}(_\d+)?/(MatMul|BiasAdd)/")
+        source = re.compile(rf"gradient_tape/{LOOP}{SKEWED_PART}stage{k}(_\d+)?/"
+                            "(MatMul|BiasAdd)/")
         adds = [n for n in nodes if n.op == "AddV2" and "gradient_tape" not in n.name
                 and any(source.match(name) for name in n.input)]
-        assert len(adds) == 2, [n.name for n in adds]  # kernel and bias
+        # Kernel and bias, in the loop's body or in each unrolled iteration with a pullback.
+        assert adds and len(adds) % 2 == 0, [n.name for n in adds]
+        if schedule != "skewed":
+            assert len(adds) == 2, [n.name for n in adds]
         for node in adds:
             assert node.device and device_index(node.device) == device_index(device), (
                 node.name, node.device)

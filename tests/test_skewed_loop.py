@@ -22,7 +22,8 @@ from tests.test_exactness import build_model, make_batch, max_relative_differenc
 from tests.test_temporal_windows import build as build_windowed
 from tests.test_temporal_windows import reference_stages as windowed_reference_stages
 
-SKEWED = TickLoop(schedule="skewed")
+SKEWED = TickLoop(schedule="skewed")  # unrolled where T is known, as here
+LOOPED = TickLoop(schedule="skewed", unroll=False)  # the `tf.while_loop` form
 CHUNKED = TickLoop(schedule="chunked")
 
 
@@ -53,8 +54,12 @@ SLOW = pytest.mark.slow
     (1, 5, 2), pytest.param(2, 3, 1, marks=SLOW), (2, 7, 3), (3, 9, 4),
     pytest.param(4, 11, 2, marks=SLOW), (5, 12, 5), pytest.param(3, 10, 10, marks=SLOW)])
 @pytest.mark.parametrize("loss,per_frame", [("mse", False), ("sparse_crossentropy", True)])
-def test_skewed_matches_the_numpy_reference(num_stages, num_frames, chunk, loss, per_frame):
-    model = use(build_model(num_stages, 3, loss, None if per_frame else "mean"), SKEWED, chunk)
+@pytest.mark.parametrize("tick_loop", [SKEWED, LOOPED], ids=["unrolled", "looped"])
+def test_skewed_matches_the_numpy_reference(num_stages, num_frames, chunk, loss, per_frame,
+                                            tick_loop):
+    model = use(build_model(num_stages, 3, loss, None if per_frame else "mean"), tick_loop,
+                chunk)
+    assert model.tick_plan(num_frames).unrolled == (tick_loop is SKEWED)
     rng = np.random.default_rng(num_stages * 100 + num_frames)
     clips, targets = make_batch(rng, 2, num_frames, 3, loss, per_frame)
     model.build(clips.shape)
@@ -64,9 +69,10 @@ def test_skewed_matches_the_numpy_reference(num_stages, num_frames, chunk, loss,
 @pytest.mark.parametrize("windows,num_frames,chunk", [
     pytest.param([3], 5, 2, marks=SLOW), pytest.param([3, 1], 6, 4, marks=SLOW),
     ([1, 3, 2], 9, 2), pytest.param([2, 2, 2], 7, 3, marks=SLOW), ([4, 1, 3, 2], 11, 4)])
-def test_skewed_windows_match_the_numpy_reference(windows, num_frames, chunk):
+@pytest.mark.parametrize("tick_loop", [SKEWED, LOOPED], ids=["unrolled", "looped"])
+def test_skewed_windows_match_the_numpy_reference(windows, num_frames, chunk, tick_loop):
     for loss, per_frame in (("mse", True), ("sparse_crossentropy", False)):
-        model = use(build_windowed(windows, 3, loss, None if per_frame else "mean"), SKEWED,
+        model = use(build_windowed(windows, 3, loss, None if per_frame else "mean"), tick_loop,
                     chunk)
         rng = np.random.default_rng(len(windows) + num_frames)
         clips, targets = make_batch(rng, 2, num_frames, 3, loss, per_frame)
@@ -79,11 +85,13 @@ def test_skewed_windows_match_the_numpy_reference(windows, num_frames, chunk):
     ([1, 1], [1, 2, 4, 3], 2, True), ([2, 1, 3], [2, 4, 6], 4, False),
     pytest.param([1, 1, 1, 1], [3, 6, 9], 3, True, marks=SLOW),
     pytest.param([2, 1, 3], [2, 4, 6], 4, True, marks=SLOW)])
-def test_stateful_skewed_steps_continue_the_stream_exactly(windows, pieces, chunk, per_frame):
+@pytest.mark.parametrize("tick_loop", [SKEWED, LOOPED], ids=["unrolled", "looped"])
+def test_stateful_skewed_steps_continue_the_stream_exactly(windows, pieces, chunk, per_frame,
+                                                           tick_loop):
     """Each step drains: its sums add up to one tick-by-tick pass over the whole stream."""
     loss = "mse"
     model = use(build_windowed(windows, 3, loss, None if per_frame else "mean", stateful=True),
-                SKEWED, chunk)
+                tick_loop, chunk)
     rng = np.random.default_rng(sum(pieces))
     clips, targets = make_batch(rng, 2, sum(pieces), 3, loss, per_frame)
     model.build(clips.shape)
@@ -182,8 +190,17 @@ def test_skewed_is_the_default_with_stage_devices_and_falls_back_with_a_warning(
 
 
 def test_skewed_graph_does_not_grow_with_the_clip_length():
+    """The `tf.while_loop` form is one body whatever T; the unrolled form, which grows with T,
+    is used only up to `MAX_UNROLLED_ITERATIONS` iterations."""
+    from keras_sideways.pipeline.policy import MAX_UNROLLED_ITERATIONS
     from tests.test_graph_size import graph_size
 
-    model = use(build_model(3, 3, "mse", pool=None), SKEWED)
-    assert graph_size(model, 16, "sideways") == graph_size(model, 64, "sideways")
-    assert graph_size(model, 16, "sideways") == graph_size(model, 15, "sideways")  # padded
+    model = use(build_model(3, 3, "mse", pool=None), TickLoop(schedule="skewed", unroll=False))
+    looped = graph_size(model, 16, "sideways")
+    assert looped == graph_size(model, 64, "sideways")
+    assert looped == graph_size(model, 15, "sideways")  # padded
+    model.tick_loop = SKEWED
+    assert model.tick_plan(16).unrolled and graph_size(model, 16, "sideways") > looped
+    longest = (MAX_UNROLLED_ITERATIONS - 4) * 4  # 4-tick chunks, 2K-2 = 4 to fill and drain
+    assert model.tick_plan(longest).unrolled and not model.tick_plan(longest + 1).unrolled
+    assert graph_size(model, longest + 1, "sideways") == looped

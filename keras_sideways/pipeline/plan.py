@@ -56,7 +56,8 @@ class LoopPlan(NamedTuple):
     (``None`` when T is unknown at tracing: a one-tick loop finishes the clip);
     ``parallel_iterations``: loop iterations in flight; ``schedule``: ``"chunked"`` (every
     iteration runs the K stages over the same chunk) or ``"skewed"`` (stage k on chunk i-k, see
-    `pipeline.skewed`).
+    `pipeline.skewed`); ``unrolled``: the skewed step is one graph node per stage and chunk
+    instead of a `tf.while_loop` (T known, few chunks), so no forward runs twice.
     """
 
     chunk: int
@@ -64,3 +65,4 @@ class LoopPlan(NamedTuple):
     remainder: int | None
     parallel_iterations: int
     schedule: str = "chunked"
+    unrolled: bool = False

@@ -27,6 +27,9 @@ from keras_sideways.pipeline.plan import LoopPlan
 
 DEFAULT_TICK_CHUNK = 4
 SCHEDULES = ("chunked", "skewed")
+# An unrolled skewed step traces every stage once per chunk: past this many iterations the
+# graph (and its tracing time) would grow too far with T, and the `tf.while_loop` form runs.
+MAX_UNROLLED_ITERATIONS = 48
 
 
 def stage_holds_state(stage: keras.layers.Layer) -> bool:
@@ -59,11 +62,17 @@ class TickLoop:
         fill_first_chunk: whether a stateless step's first chunk skips the empty pipeline's
             filling ticks (default: where that changes nothing else). ``True`` is still refused
             where it would be wrong (stateful, unknown T, stages holding state).
+        unroll: whether a skewed step is unrolled into one graph node per stage and chunk
+            (each chunk's forward taped once, its tape kept until its pullback) instead of a
+            `tf.while_loop` whose stages below the top run each chunk's forward a second time.
+            Default: unrolled where T is known at tracing and the step takes at most
+            `MAX_UNROLLED_ITERATIONS` iterations. ``True`` still needs a known T.
     """
 
     schedule: str | None = None
     parallel_iterations: int | None = None
     fill_first_chunk: bool | None = None
+    unroll: bool | None = None
 
     def __post_init__(self) -> None:
         if self.schedule is not None and self.schedule not in SCHEDULES:
@@ -80,7 +89,7 @@ class TickLoop:
             reason = _why_not_skewed(stages, num_frames, stateful=stateful,
                                      update_every=update_every)
             if reason is None:
-                return self._skewed_plan(num_frames, tick_chunk, stateful)
+                return self._skewed_plan(stages, num_frames, tick_chunk, stateful)
             warnings.warn(f"The skewed (depth-parallel) tick schedule cannot be exact here: "
                           f"{reason}. Running the chunked schedule instead, whose stages run "
                           "one after another within a chunk.", stacklevel=3)
@@ -103,8 +112,8 @@ class TickLoop:
         remainder = None if num_frames is None else num_frames % chunk
         return LoopPlan(chunk, fill, remainder, in_flight)
 
-    def _skewed_plan(self, num_frames: int | None, tick_chunk: int | None,
-                     stateful: bool) -> LoopPlan:
+    def _skewed_plan(self, stages: Sequence[keras.layers.Layer], num_frames: int | None,
+                     tick_chunk: int | None, stateful: bool) -> LoopPlan:
         # Chunks of DEFAULT_TICK_CHUNK ticks even on devices: the stages of an iteration are
         # independent whatever C is, and larger calls cost less per frame than one tick each.
         chunk = tick_chunk or DEFAULT_TICK_CHUNK
@@ -114,7 +123,11 @@ class TickLoop:
                 # A stateful step ends on a chunk boundary, so that it can drain exactly.
                 chunk = max(d for d in range(1, chunk + 1) if num_frames % d == 0)
         in_flight = 2 if self.parallel_iterations is None else self.parallel_iterations
-        return LoopPlan(chunk, False, None, in_flight, schedule="skewed")
+        unrolled = False
+        if num_frames is not None:
+            iterations = -(-num_frames // chunk) + 2 * len(stages) - 2
+            unrolled = iterations <= MAX_UNROLLED_ITERATIONS if self.unroll is None else self.unroll
+        return LoopPlan(chunk, False, None, in_flight, schedule="skewed", unrolled=unrolled)
 
 
 def _why_not_skewed(stages: Sequence[keras.layers.Layer], num_frames: int | None, *,

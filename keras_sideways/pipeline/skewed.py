@@ -78,9 +78,18 @@ def run_skewed_step(stages: Sequence[Any], windows: Sequence[int], device: Devic
                        stateful)
     skew, totals = step.initial()
     iterations = step.chunks + schedule.skewed_fill_and_drain(len(stages))
-    _, skew, totals = tf.while_loop(lambda i, *_: i < iterations, step.body,
-                                    (tf.constant(0), skew, totals),
-                                    parallel_iterations=plan.parallel_iterations)
+    if plan.unrolled:
+        # One graph node per stage and chunk: TensorFlow's executor runs each as soon as its
+        # inputs are ready, and a forward's tape survives until its pullback.
+        for i in range(iterations):
+            with tf.name_scope(f"iteration{i}"):
+                _, skew, totals = step.body(i, skew, totals)
+        if step.forwards:
+            raise AssertionError(f"forwards never pulled back: {sorted(step.forwards)}")
+    else:
+        _, skew, totals = tf.while_loop(lambda i, *_: i < iterations, step.body,
+                                        (tf.constant(0), skew, totals),
+                                        parallel_iterations=plan.parallel_iterations)
     return step.final_state(skew), step.final_totals(skew, totals)
 
 
@@ -93,9 +102,12 @@ class _SkewedStep:
         self.stages, self.windows, self.device = stages, windows, device
         self.stage_variables, self.state0, self.frames, self.hooks = (
             stage_variables, state0, frames, hooks)
-        self.stateful, self.chunk = stateful, plan.chunk
+        self.stateful, self.chunk, self.unrolled = stateful, plan.chunk, plan.unrolled
         self.num_stages = len(stages)
-        self.num_frames = tf.shape(frames.clips)[1]
+        # Unrolled, T is static and so are the chunk indices: fill and drain are known at
+        # tracing, and stage k's taped forward of chunk c waits here for its pullback.
+        self.num_frames = frames.clips.shape[1] if plan.unrolled else tf.shape(frames.clips)[1]
+        self.forwards: dict[tuple[int, int], Any] = {}
         # A stateful step ends on a chunk boundary (the policy chose C dividing T); a stateless
         # one starts `pad` ticks early instead, in ticks that add nothing.
         self.pad = 0 if stateful else (-self.num_frames) % self.chunk
@@ -117,8 +129,11 @@ class _SkewedStep:
     def ticks(self, c: Any) -> tf.Tensor:
         return self.start + c * self.chunk + tf.range(self.chunk)
 
-    def active(self, c: Any) -> tf.Tensor:
-        """Whether chunk ``c`` is one of the step's (not a fill or drain slot)."""
+    def active(self, c: Any) -> Any:
+        """Whether chunk ``c`` is one of the step's (not a fill or drain slot); a Python bool
+        when unrolled."""
+        if isinstance(c, int) and isinstance(self.chunks, int):
+            return 0 <= c < self.chunks
         return tf.logical_and(c >= 0, c < self.chunks)
 
     def stage0_inputs(self, c: Any) -> tf.Tensor:
@@ -196,9 +211,19 @@ class _SkewedStep:
         c = schedule.skewed_forward_chunk(k, i)
 
         def forward() -> tuple:
-            inputs, carried, history = self.inputs_of(k, c, skew)
-            outputs = stage_forward(self.stages[k], inputs, self.untaped, self.device(k))
-            return outputs.outputs, inputs, carried, history
+            if not self.unrolled:
+                inputs, carried, history = self.inputs_of(k, c, skew)
+                outputs = stage_forward(self.stages[k], inputs, self.untaped, self.device(k))
+                return outputs.outputs, inputs, carried, history
+            # Taped once; the pullback 2(K-1-k) iterations later uses this tape. Gathering the
+            # inputs only after this stage's last pullback bounds the chunks in flight to the
+            # stash's (memory O(K·C)): the executor would otherwise gather every chunk of the
+            # clip and run all of stage 0's forwards first.
+            with tf.control_dependencies(new["accumulators"][k]):
+                inputs, carried, history = self.inputs_of(k, c, skew)
+            self.forwards[k, c] = stage_forward(self.stages[k], inputs, self.taped,
+                                                self.device(k))
+            return self.forwards[k, c].outputs, inputs, carried, history
 
         keep = (skew.up[k], skew.stash[k][-1] if skew.stash[k] else None,
                 skew.state.activations[k - 1] if k else None,
@@ -210,7 +235,8 @@ class _SkewedStep:
             new["activations"][k - 1] = carried
             if self.windows[k] > 1:
                 new["histories"][str(k)] = history
-            new["stash"][k] = skew.stash[k][1:] + [inputs]
+            if not self.unrolled:
+                new["stash"][k] = skew.stash[k][1:] + [inputs]
 
     def lower_pullback(self, k: int, i: Any, skew: _Skew, new: dict) -> None:
         """Stage k < K-1: pullback of chunk i-(2K-2-k), from its stashed inputs, taped again."""
@@ -218,9 +244,12 @@ class _SkewedStep:
         sums = skew_sums = new["accumulators"][k]
 
         def pullback() -> tuple:
-            inputs = self.stage0_inputs(d) if k == 0 else skew.stash[k][0]
             cotangent = carried_then(skew.state.cotangents[k], skew.down[k])
-            forward = stage_forward(self.stages[k], inputs, self.taped, self.device(k))
+            if self.unrolled:
+                forward = self.forwards.pop((k, d))
+            else:
+                inputs = self.stage0_inputs(d) if k == 0 else skew.stash[k][0]
+                forward = stage_forward(self.stages[k], inputs, self.taped, self.device(k))
             gradients, below = stage_pullback(
                 forward, self.stage_variables[k], cotangent, self.device(k),
                 input_cotangent=k > 0, window=self.windows[k])
@@ -298,7 +327,7 @@ class _SkewedStep:
         down = [tf.identity(u) for u in up]
         stash: list[list] = [[] for _ in self.stages]
         dummy = _Skew(up, down, state0, stash, tf.zeros([0]))
-        for k in range(1, self.num_stages - 1):
+        for k in range(1, 1 if self.unrolled else self.num_stages - 1):
             # Shapes of stage k's chunk inputs (windows gathered): traced, run once on zeros.
             inputs = tf.zeros_like(self.inputs_of(k, tf.constant(0), dummy)[0])
             stash[k] = [inputs] * schedule.skewed_lag(self.num_stages, k)
@@ -342,8 +371,15 @@ class _SkewedStep:
 def _when(condition: tf.Tensor, compute: Any, keep: tuple, name: str) -> tuple:
     """``compute()`` if ``condition`` else ``keep`` (its None entries stay None): a stage whose
     chunk is not one of the step's (fill and drain) computes nothing. ``name`` names the
-    conditional, so that a graph shows which stage's work it holds."""
+    conditional (or, unrolled, with a Python bool, the name scope), so that a graph shows which
+    stage's work it holds."""
     present = [j for j, value in enumerate(keep) if value is not None]
+    if isinstance(condition, bool):
+        if not condition:
+            return keep
+        with tf.name_scope(name):
+            values = compute()
+        return tuple(values[j] if keep[j] is not None else None for j in range(len(keep)))
 
     def computed() -> list:
         values = compute()
