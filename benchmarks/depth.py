@@ -21,6 +21,7 @@ recorded before every round. Configurations, for a model of K stages on a machin
 - ``sideways_one_device``: Sideways as on one device (the chunked schedule), default pools;
 - ``sideways_skewed_one_device``: the skewed schedule on one device, default pools;
 - ``backprop``: ``mode="backprop"`` with TensorFlow's default pools on all cores;
+- ``backprop_one_thread``: the same on one thread (backprop's own gain from the other cores);
 - ``mirrored_backprop``: data-parallel backprop, `MirroredStrategy` over P logical CPU devices;
 - ``sideways_servers``: K processes on loopback, each pinned to a core with ``taskset`` and
   running a `tf.distribute.Server`; the stages placed on them through TensorFlow's distributed
@@ -294,7 +295,8 @@ def balanced_devices(costs: list[float], cores: int) -> list[int]:
 
 def run_model(name: str, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
     cores = len(os.sched_getaffinity(0))
-    base = {"model": name, "frames": args.frames or MODELS[name]["frames"]}
+    base = {"model": name, "frames": args.frames or MODELS[name]["frames"],
+            "tick_chunk": args.tick_chunk}
     fleet = Fleet(env)
     try:
         fleet.start("modeled", {**base, "kind": "modeled", "intra": 1, "inter": 1})
@@ -318,6 +320,10 @@ def run_model(name: str, args: argparse.Namespace, env: dict[str, str]) -> dict[
         fleet.start("sideways_skewed_one_device", {**base, "kind": "train",
                                                    "schedule": "skewed"})
         fleet.start("backprop", {**base, "kind": "train", "mode": "backprop"})
+        # Backprop's own gain from the second core (intra-op threads): with the one-thread
+        # figures it bounds what overlapping stages can reach against it (see `ceiling`).
+        fleet.start("backprop_one_thread", {**base, "kind": "train", "mode": "backprop",
+                                            "intra": 1, "inter": 1})
         fleet.start("sideways_one_device", {**base, "kind": "train"})
         fleet.start("mirrored_backprop", {**base, "kind": "mirrored", "mode": "backprop",
                                           "intra": 1, "inter": cores, "devices": cores})
@@ -336,6 +342,13 @@ def run_model(name: str, args: argparse.Namespace, env: dict[str, str]) -> dict[
 
     ratios = {f"sideways_depth/{other}": paired("sideways_depth", other)
               for other in rates if other != "sideways_depth"}
+    # Per-frame work of the two methods on one thread, and what a perfect overlap of the
+    # stages on ``devices`` cores would reach against backprop on all of them.
+    ratios["sideways_depth_one_thread/backprop_one_thread"] = paired(
+        "sideways_depth_one_thread", "backprop_one_thread")
+    ratios["backprop/backprop_one_thread"] = paired("backprop", "backprop_one_thread")
+    ratios["ceiling: devices*sideways_depth_one_thread/backprop"] = devices * paired(
+        "sideways_depth_one_thread", "backprop")
     if "sideways_servers" in rates:
         ratios["sideways_servers/backprop"] = paired("sideways_servers", "backprop")
         ratios["sideways_servers/sideways_depth_one_thread"] = paired(
@@ -403,6 +416,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None, help="train steps per round")
     parser.add_argument("--frames", type=int, default=None, help="clip length T")
+    parser.add_argument("--tick-chunk", type=int, default=None,
+                        help="Sideways ticks per call C (default: the model's default, 4)")
     parser.add_argument("--quick", action="store_true", help="isotropic only, short rounds")
     parser.add_argument("--no-servers", action="store_true",
                         help="skip the multi-process tf.distribute.Server configuration")
