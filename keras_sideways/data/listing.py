@@ -80,6 +80,55 @@ def _walk_videos(folder: str, problems: list[tuple[str, str]], ignored: list[str
     return sorted(found)
 
 
+def _list_class_folders(directory: str, class_names: Sequence[str] | None) -> VideoListing:
+    """The inferred-labels listing: one class per subfolder, labels in class order.
+
+    Raises:
+        ValueError: naming ``directory`` when ``class_names`` does not fit its subfolders, or
+            when it has no class subfolders or no video files in them.
+    """
+    subdirs = sorted(
+        d
+        for d in os.listdir(directory)
+        if not d.startswith(".")
+        and os.path.isdir(os.path.join(directory, d))
+        and not is_video_name(d)
+    )
+    if class_names is None:
+        names = subdirs
+    else:
+        names = list(class_names)
+        missing = [c for c in names if c not in subdirs]
+        if missing or len(set(names)) != len(names):
+            raise ValueError(
+                f"{directory}: class_names {names} must be distinct names of its "
+                f"subfolders {subdirs}; not found: {missing}"
+            )
+    if not names:
+        raise ValueError(
+            f"{directory}: no class subfolders found (labels='inferred' expects one "
+            "subfolder per class; pass labels=None for a flat folder)"
+        )
+    problems: list[tuple[str, str]] = []
+    ignored: list[str] = []
+    paths: list[str] = []
+    label_list: list[int] = []
+    for index, name in enumerate(names):
+        found = _walk_videos(os.path.join(directory, name), problems, ignored)
+        if not found:
+            problems.append(
+                (os.path.join(directory, name), f"class folder {name!r} has no video files")
+            )
+        paths.extend(found)
+        label_list.extend([index] * len(found))
+    if not paths:
+        raise ValueError(
+            f"{directory}: no video files found in its class folders {names} "
+            f"(extensions looked for: {', '.join(sorted(VIDEO_EXTENSIONS))})"
+        )
+    return VideoListing(paths, label_list, names, problems, ignored)
+
+
 def list_video_files(
     directory: str,
     labels: str | Sequence[int] | None = "inferred",
@@ -102,50 +151,12 @@ def list_video_files(
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise ValueError(f"{directory}: not a directory (or it does not exist)")
-    problems: list[tuple[str, str]] = []
-    ignored: list[str] = []
     if labels == "inferred":
-        subdirs = sorted(
-            d
-            for d in os.listdir(directory)
-            if not d.startswith(".")
-            and os.path.isdir(os.path.join(directory, d))
-            and not is_video_name(d)
-        )
-        if class_names is None:
-            names = subdirs
-        else:
-            names = list(class_names)
-            missing = [c for c in names if c not in subdirs]
-            if missing or len(set(names)) != len(names):
-                raise ValueError(
-                    f"{directory}: class_names {names} must be distinct names of its "
-                    f"subfolders {subdirs}; not found: {missing}"
-                )
-        if not names:
-            raise ValueError(
-                f"{directory}: no class subfolders found (labels='inferred' expects one "
-                "subfolder per class; pass labels=None for a flat folder)"
-            )
-        paths: list[str] = []
-        label_list: list[int] = []
-        for index, name in enumerate(names):
-            found = _walk_videos(os.path.join(directory, name), problems, ignored)
-            if not found:
-                problems.append(
-                    (os.path.join(directory, name), f"class folder {name!r} has no video files")
-                )
-            paths.extend(found)
-            label_list.extend([index] * len(found))
-        if not paths:
-            raise ValueError(
-                f"{directory}: no video files found in its class folders {names} "
-                f"(extensions looked for: {', '.join(sorted(VIDEO_EXTENSIONS))})"
-            )
-        return VideoListing(paths, label_list, names, problems, ignored)
-
+        return _list_class_folders(directory, class_names)
     if class_names is not None:
         raise ValueError('class_names can only be given with labels="inferred"')
+    problems: list[tuple[str, str]] = []
+    ignored: list[str] = []
     paths = _walk_videos(directory, problems, ignored)
     if not paths:
         raise ValueError(

@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from keras_sideways.data.clip_dataset import preprocess_clip
 from keras_sideways.data.listing import list_video_files
 from keras_sideways.data.pyav_decoder import iter_frames
 from keras_sideways.data.sampling import sample_clip_indices
-from keras_sideways.data.video_folder import preprocess_clip, select_usable
+from keras_sideways.data.video_folder import select_usable
 
 METADATA_FILE = "video_tfrecords.json"
 """Written next to the shards: class names, counts, shard list, skipped files."""

@@ -4,15 +4,18 @@ The pipeline is a chain of explicit steps, each replaceable (DMVR style):
 
 1. **list** files, labels and class names (:func:`~keras_sideways.data.listing.list_video_files`),
    then split into training / validation;
-2. **probe** each file once (:func:`~keras_sideways.data.pyav_decoder.probe_video`): bad files
+2. **probe** each file once (:func:`~keras_sideways.data.frame_index.probe_video`): bad files
    are reported per ``on_error`` before anything is iterated, and each good file's frame count
    and timestamp table are kept;
 3. **sample** clip indices in-graph (:func:`~keras_sideways.data.sampling.sample_clip_indices`):
    random start when shuffling (training), centre clip otherwise (evaluation);
 4. **decode** only those frames (:func:`~keras_sideways.data.pyav_decoder.decode_clip`: seek to
-   the keyframe before the clip, stop after its last frame), several files in parallel;
+   the keyframe before the clip, stop after its last frame), several files in parallel; which
+   decoder runs is chosen in :mod:`~keras_sideways.data.folder_decoding`;
 5. **preprocess**: uint8 -> float32 in [0, 1];
 6. **batch** and prefetch.
+
+Steps 1-2 are here, 3-6 in :mod:`~keras_sideways.data.clip_dataset`.
 """
 
 from __future__ import annotations
@@ -20,67 +23,39 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import tensorflow as tf
 
-from keras_sideways.data.errors import BadVideoFilesError, VideoInputError
-from keras_sideways.data.listing import VideoListing, list_video_files, split_files
-from keras_sideways.data.pyav_decoder import VideoInfo, decode_clip, probe_video
-from keras_sideways.data.sampling import sample_clip_indices
-from keras_sideways.data.splits import VideoSplit, read_split_file
-from keras_sideways.data.tfio_decoder import (
-    TfioUnavailableError,
-    make_tfio_decoders,
-    tfio_decoder_status,
+from keras_sideways.data.clip_dataset import (
+    LabelFn,
+    build_clip_dataset,
+    label_encoder,
+    preprocess_clip,
 )
+from keras_sideways.data.errors import BadVideoFilesError, VideoInputError
+from keras_sideways.data.folder_decoding import (
+    DECODER_VARIABLE,
+    DECODERS,
+    make_decode_steps,
+    resolve_decoder,
+)
+from keras_sideways.data.frame_index import VideoInfo, probe_video
+from keras_sideways.data.listing import VideoListing, list_video_files, split_files
+from keras_sideways.data.splits import VideoSplit, read_split_file
+
+__all__ = [
+    "DECODERS",
+    "DECODER_VARIABLE",
+    "preprocess_clip",
+    "probe_files",
+    "select_usable",
+    "video_dataset_from_directory",
+]
 
 logger = logging.getLogger("keras_sideways.data")
-
-DECODERS = ("auto", "pyav", "tfio")
-DECODER_VARIABLE = "KERAS_SIDEWAYS_DECODER"
-
-
-def resolve_decoder(decoder: str) -> str:
-    """Map ``"auto"``/``"pyav"``/``"tfio"`` to the decoder that will run, or raise why not.
-
-    ``"auto"`` follows the ``KERAS_SIDEWAYS_DECODER`` environment variable when it is set
-    (``"pyav"`` or ``"tfio"``: one decoder for a whole run without changing code; CI's tfio job
-    forces tfio this way), and otherwise picks tensorflow-io when its probe passes and PyAV when
-    not. It logs (INFO on the ``keras_sideways.data`` logger) which one it chose and why.
-
-    Raises:
-        TfioUnavailableError: for ``"tfio"`` (asked for, or set by the variable) when
-            tensorflow-io cannot decode video here; the message lists every reason.
-        ValueError: for an unknown decoder name, or variable value.
-    """
-    if decoder not in DECODERS:
-        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-    forced = os.environ.get(DECODER_VARIABLE, "").strip()
-    if decoder == "auto" and forced:
-        if forced not in ("pyav", "tfio"):
-            raise ValueError(f'{DECODER_VARIABLE} must be "pyav" or "tfio", got {forced!r}')
-        logger.info('decoder="auto": using %s (%s=%s)', forced, DECODER_VARIABLE, forced)
-        decoder = forced
-    if decoder == "pyav":
-        return "pyav"
-    status = tfio_decoder_status()
-    if decoder == "tfio":
-        if not status.available:
-            raise TfioUnavailableError(status.message)
-        return "tfio"
-    if status.available:
-        logger.info(
-            'decoder="auto": using tensorflow-io %s (FFmpeg %s)',
-            status.tfio_version,
-            ", ".join(status.ffmpeg_libraries),
-        )
-        return "tfio"
-    logger.info(
-        'decoder="auto": using PyAV (tensorflow-io unavailable: %s)', "; ".join(status.reasons)
-    )
-    return "pyav"
 
 
 def probe_files(
@@ -140,214 +115,6 @@ def select_usable(
     return kept_paths, kept_labels, infos, bad
 
 
-def _encode_label(label_mode: str, num_classes: int) -> Callable[[tf.Tensor], tf.Tensor]:
-    if label_mode == "int":
-        return lambda y: tf.cast(y, tf.int32)
-    if label_mode == "categorical":
-        return lambda y: tf.one_hot(y, num_classes, dtype=tf.float32)
-    if label_mode == "binary":
-        return lambda y: tf.reshape(tf.cast(y, tf.float32), (1,))
-    raise ValueError(f"unknown label_mode {label_mode!r}")
-
-
-def make_pyav_decode_fn(
-    infos: dict[str, VideoInfo],
-    image_size: tuple[int, int],
-    num_frames: int,
-) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    """The decode step for PyAV: ``(path, indices) -> uint8 (num_frames, H, W, 3)``.
-
-    Runs :func:`decode_clip` through ``tf.numpy_function`` (it takes NumPy values directly:
-    less work per clip than ``tf.py_function``'s eager tensors, measured in
-    ``benchmarks/decoders.py``). A failure raises (never ends iteration quietly): TensorFlow
-    re-raises it from the iterator with the file's name in the message.
-    """
-
-    def decode(path: bytes, indices: np.ndarray) -> np.ndarray:
-        p = path.decode()
-        return decode_clip(p, indices, image_size, info=infos.get(p))
-
-    def fn(path: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
-        frames = tf.numpy_function(decode, [path, indices], Tout=tf.uint8)
-        frames.set_shape((num_frames, image_size[0], image_size[1], 3))
-        return frames
-
-    return fn
-
-
-_POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
-
-
-def make_pyav_batch_decode_fn(
-    infos: dict[str, VideoInfo],
-    image_size: tuple[int, int],
-    num_frames: int,
-    workers: int,
-) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    """The decode step for a batch: ``(paths (B,), indices (B, T)) -> uint8 (B, T, H, W, 3)``.
-
-    tf.data runs Python ops one at a time (measured in ``benchmarks/decoders.py``: a second
-    parallel ``tf.numpy_function`` call gains nothing), so the clips of a batch are decoded in
-    one call, by ``workers`` threads (PyAV releases the GIL while decoding). Results keep the
-    batch's order.
-    """
-    workers = max(1, workers if workers > 0 else os.cpu_count() or 1)
-    if workers not in _POOLS:
-        _POOLS[workers] = concurrent.futures.ThreadPoolExecutor(
-            workers, thread_name_prefix="keras_sideways_decode"
-        )
-    pool = _POOLS[workers]
-
-    def decode(paths: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        def one(k: int) -> np.ndarray:
-            p = paths[k].decode()
-            return decode_clip(p, indices[k], image_size, info=infos.get(p))
-
-        if workers == 1 or len(paths) == 1:
-            return np.stack([one(k) for k in range(len(paths))])
-        return np.stack(list(pool.map(one, range(len(paths)))))
-
-    def fn(paths: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
-        frames = tf.numpy_function(decode, [paths, indices], Tout=tf.uint8)
-        frames.set_shape((None, num_frames, image_size[0], image_size[1], 3))
-        return frames
-
-    return fn
-
-
-def make_pyav_video_fn(
-    infos: dict[str, VideoInfo], image_size: tuple[int, int]
-) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    """Decode a whole video with PyAV: ``(path, num_frames) -> uint8 (num_frames, H, W, 3)``."""
-
-    def decode(path: tf.Tensor, video_frames: tf.Tensor) -> np.ndarray:
-        p = path.numpy().decode()
-        indices = np.arange(int(video_frames.numpy()), dtype=np.int64)
-        return decode_clip(p, indices, image_size, info=infos.get(p))
-
-    def fn(path: tf.Tensor, video_frames: tf.Tensor) -> tf.Tensor:
-        frames = tf.py_function(decode, [path, video_frames], Tout=tf.uint8)
-        frames.set_shape((None, image_size[0], image_size[1], 3))
-        return frames
-
-    return fn
-
-
-def preprocess_clip(frames: tf.Tensor) -> tf.Tensor:
-    """The preprocess step: uint8 frames -> float32 in [0, 1]."""
-    return tf.cast(frames, tf.float32) / 255.0
-
-
-def build_clip_dataset(
-    file_paths: Sequence[str],
-    video_frames: Sequence[int],
-    labels: Sequence[int] | None,
-    decode_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
-    *,
-    num_frames: int,
-    frame_step: int,
-    batch_size: int | None,
-    shuffle: bool,
-    seed: int | None,
-    label_fn: Callable[[tf.Tensor], tf.Tensor] | None,
-    num_parallel_calls: int = tf.data.AUTOTUNE,
-    decode_video_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
-    decode_batch_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
-) -> tf.data.Dataset:
-    """Steps 3-6 (sample, decode, preprocess, batch) over already probed files.
-
-    With ``shuffle``, file order is reshuffled every epoch and clip starts are drawn from
-    ``tf.data.Dataset.random``; both are seeded, and the parallel decode keeps order, so a given
-    ``seed`` gives the same batches on every run. Without ``shuffle``, order and clips are fixed.
-
-    With ``decode_video_fn`` (``(path, num_frames) -> uint8 (num_frames, H, W, 3)``) every video
-    is decoded whole once, in the first epoch, and kept in memory; later epochs sample their
-    clips from memory with in-graph gathers. The clips are the same as without it.
-
-    With ``decode_batch_fn`` (``(paths (B,), indices (B, T)) -> uint8 (B, T, H, W, 3)``) and a
-    ``batch_size``, clip indices are batched first and each batch decoded in one call (which
-    parallelises inside); the batches are the same as decoding clip by clip.
-    """
-    n = len(file_paths)
-    items = {
-        "path": tf.constant(list(file_paths), tf.string),
-        "frames": tf.constant(list(video_frames), tf.int64),
-    }
-    if labels is not None:
-        items["label"] = tf.constant(list(labels), tf.int64)
-    ds = tf.data.Dataset.from_tensor_slices(items)
-    if decode_video_fn is not None:
-
-        def decode_video(item: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-            item = dict(item)
-            item["video"] = decode_video_fn(item["path"], item["frames"])
-            return item
-
-        # Decode in listing order, then cache: the shuffle below permutes cached videos, with
-        # the same seeded permutation as the uncached pipeline permutes paths.
-        ds = ds.map(decode_video, num_parallel_calls=num_parallel_calls).cache()
-    if shuffle:
-        # Only paths are shuffled here, so a buffer of the whole listing costs nothing.
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-        rand_seed = None if seed is None else seed + 1
-        randoms = tf.data.Dataset.random(seed=rand_seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip((ds, randoms))
-    else:
-        ds = ds.map(lambda item: (item, tf.constant(0, tf.int64)))
-
-    def sample(item: dict[str, tf.Tensor], r: tf.Tensor) -> dict[str, tf.Tensor]:
-        item = dict(item)
-        item["indices"] = sample_clip_indices(
-            item["frames"], num_frames, frame_step, random=shuffle, random_value=r
-        )
-        return item
-
-    def decode(item: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...] | tf.Tensor:
-        if "video" in item:
-            frames = tf.gather(item["video"], item["indices"])
-        else:
-            frames = decode_fn(item["path"], item["indices"])
-        if label_fn is None or "label" not in item:
-            return frames
-        return frames, label_fn(item["label"])
-
-    def preprocess(frames: tf.Tensor, *label: tf.Tensor) -> tuple[tf.Tensor, ...] | tf.Tensor:
-        return (preprocess_clip(frames), *label) if label else preprocess_clip(frames)
-
-    deterministic = (not shuffle) or seed is not None
-    # From the cache a clip is a gather: cheaper in the iterator's own thread than handed to a
-    # thread pool, which would compete with training for the cores.
-    parallel = None if decode_video_fn is not None else num_parallel_calls
-    if parallel is None:
-        ds = ds.map(sample).map(decode)
-    elif decode_batch_fn is not None and batch_size is not None:
-
-        def sample_and_label(item: dict[str, tf.Tensor], r: tf.Tensor) -> dict[str, tf.Tensor]:
-            item = sample(item, r)
-            if label_fn is not None and "label" in item:
-                item["label"] = label_fn(item["label"])
-            return item
-
-        def decode_batch(items: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...] | tf.Tensor:
-            frames = decode_batch_fn(items["path"], items["indices"])
-            return (frames, items["label"]) if label_fn is not None and "label" in items else frames
-
-        ds = ds.map(sample_and_label, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
-        # Several batches in flight, so that one batch's slowest clip does not leave the
-        # workers idle; deterministic, so batches keep their order.
-        ds = ds.map(decode_batch, num_parallel_calls=parallel, deterministic=True)
-        return ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    else:
-        ds = ds.map(sample, num_parallel_calls=tf.data.AUTOTUNE)
-        ds = ds.map(decode, num_parallel_calls=parallel, deterministic=deterministic)
-    # Batch the uint8 frames, then convert whole batches: one vectorised op per step, and a
-    # quarter of the bytes through the batching copy.
-    if batch_size is not None:
-        ds = ds.batch(batch_size)
-    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
 def _split_listing(
     directory: str,
     split_file: str | VideoSplit,
@@ -367,6 +134,160 @@ def _split_listing(
     if not split.file_paths:
         raise ValueError(f"{split.source}: the split lists no video files")
     return VideoListing(list(split.file_paths), list(split.labels), list(split.class_names))
+
+
+@dataclass(frozen=True)
+class _FolderArguments:
+    """The arguments of :func:`video_dataset_from_directory`, under the same names."""
+
+    directory: str
+    labels: str | Sequence[int] | None
+    label_mode: str | None
+    class_names: Sequence[str] | None
+    batch_size: int | None
+    num_frames: int
+    frame_step: int
+    image_size: tuple[int, int]
+    shuffle: bool
+    seed: int | None
+    validation_split: float | None
+    subset: str | None
+    decoder: str
+    on_error: str
+    num_parallel_calls: int
+    cache: bool
+    split_file: str | VideoSplit | None
+
+
+def _checked_arguments(arguments: _FolderArguments) -> _FolderArguments:
+    """The arguments checked before any file is touched, with ``decoder`` resolved (see
+    :func:`resolve_decoder`), ``image_size`` as ints, and no ``label_mode`` without labels.
+
+    Raises:
+        ValueError: naming the first argument that does not fit.
+        TfioUnavailableError: for ``decoder="tfio"`` where tensorflow-io cannot decode video.
+    """
+    label_mode, image_size = arguments.label_mode, arguments.image_size
+    num_frames, frame_step = arguments.num_frames, arguments.frame_step
+    subset, validation_split = arguments.subset, arguments.validation_split
+    if label_mode not in ("int", "categorical", "binary", None):
+        raise ValueError(
+            f'label_mode must be "int", "categorical", "binary" or None, got {label_mode!r}'
+        )
+    if arguments.on_error not in ("raise", "skip"):
+        raise ValueError(f'on_error must be "raise" or "skip", got {arguments.on_error!r}')
+    if arguments.labels is None:
+        label_mode = None  # nothing to yield; label_mode=None alone keeps the class listing
+    if len(tuple(image_size)) != 2 or min(image_size) < 1:
+        raise ValueError(f"image_size must be (height, width), got {image_size!r}")
+    if int(num_frames) < 1 or int(frame_step) < 1:
+        raise ValueError(f"num_frames and frame_step must be >= 1, got {num_frames}, {frame_step}")
+    if subset is not None and subset not in ("training", "validation", "both"):
+        raise ValueError(f'subset must be "training", "validation" or "both", got {subset!r}')
+    if bool(validation_split) != (subset is not None):
+        raise ValueError("validation_split and subset must be given together")
+    if validation_split and arguments.seed is None:
+        raise ValueError(
+            "validation_split needs a seed, so that the training and validation subsets "
+            "(one call each) are disjoint"
+        )
+    return replace(
+        arguments,
+        label_mode=label_mode,
+        image_size=(int(image_size[0]), int(image_size[1])),
+        decoder=resolve_decoder(arguments.decoder),
+    )
+
+
+def _list_phase(arguments: _FolderArguments) -> VideoListing:
+    """Step 1: the files, labels and class names, from class folders or from ``split_file``."""
+    if arguments.split_file is None:
+        listing = list_video_files(arguments.directory, arguments.labels, arguments.class_names)
+    else:
+        listing = _split_listing(
+            arguments.directory,
+            arguments.split_file,
+            arguments.labels,
+            arguments.class_names,
+            arguments.validation_split,
+        )
+    if arguments.label_mode == "binary" and listing.class_names and len(listing.class_names) != 2:
+        raise ValueError(
+            f'label_mode="binary" needs exactly 2 classes, found {listing.class_names}'
+        )
+    return listing
+
+
+def _with_seed(arguments: _FolderArguments) -> _FolderArguments:
+    """A drawn seed when shuffling without one: one seed for the file order and the clips."""
+    if arguments.shuffle and arguments.seed is None:
+        return replace(arguments, seed=int(np.random.randint(1_000_000)))
+    return arguments
+
+
+def _subset_names(subset: str | None) -> list[str | None]:
+    """The subsets to build, in the order they are returned."""
+    return ["training", "validation"] if subset == "both" else [subset]
+
+
+def _subset_dataset(
+    arguments: _FolderArguments, listing: VideoListing, part: str | None
+) -> tf.data.Dataset:
+    """Steps 2-6 for one subset (``part``; ``None`` for the whole listing): split, probe, then
+    the clip pipeline, with the dataset's attributes set."""
+    paths, part_labels = listing.file_paths, listing.labels
+    if part is not None:
+        paths, part_labels = split_files(
+            paths, part_labels, arguments.validation_split, part, arguments.seed
+        )
+    kept_paths, kept_labels, infos, bad = select_usable(
+        paths, part_labels, listing.problems, arguments.on_error, arguments.directory
+    )
+    what = f"{len(kept_paths)} files"
+    if listing.class_names is not None:
+        what += f" belonging to {len(listing.class_names)} classes"
+    print(f"Found {what}" + (f", using them for {part}." if part else "."))
+    steps = make_decode_steps(
+        arguments.decoder,
+        infos,
+        arguments.image_size,
+        arguments.num_frames,
+        arguments.num_parallel_calls,
+        arguments.cache,
+    )
+    ds = build_clip_dataset(
+        kept_paths,
+        [infos[p].num_frames for p in kept_paths],
+        kept_labels,
+        steps.clip,
+        num_frames=arguments.num_frames,
+        frame_step=arguments.frame_step,
+        batch_size=arguments.batch_size,
+        shuffle=arguments.shuffle,
+        seed=arguments.seed,
+        label_fn=_label_fn(arguments.label_mode, listing),
+        num_parallel_calls=arguments.num_parallel_calls,
+        decode_video_fn=steps.video,
+        decode_batch_fn=steps.batch,
+    )
+    ds.class_names = listing.class_names
+    ds.file_paths = kept_paths
+    ds.skipped_files = bad
+    ds.decoder = arguments.decoder
+    ds.cached = arguments.cache
+    return ds
+
+
+def _label_fn(label_mode: str | None, listing: VideoListing) -> LabelFn | None:
+    """The label encoding for ``label_mode`` over the listing's classes, or ``None``."""
+    if not label_mode:
+        return None
+    num_classes = (
+        len(listing.class_names)
+        if listing.class_names
+        else (max(listing.labels) + 1 if listing.labels else 0)
+    )
+    return label_encoder(label_mode, num_classes)
 
 
 def video_dataset_from_directory(
@@ -443,92 +364,9 @@ def video_dataset_from_directory(
         ``(training, validation)`` pair. Each dataset has ``class_names``, ``file_paths``,
         ``skipped_files`` (list of ``(path, reason)``), ``decoder`` and ``cached`` attributes.
     """
-    if label_mode not in ("int", "categorical", "binary", None):
-        raise ValueError(
-            f'label_mode must be "int", "categorical", "binary" or None, got {label_mode!r}'
-        )
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f'on_error must be "raise" or "skip", got {on_error!r}')
-    if labels is None:
-        label_mode = None  # nothing to yield; label_mode=None alone keeps the class listing
-    if len(tuple(image_size)) != 2 or min(image_size) < 1:
-        raise ValueError(f"image_size must be (height, width), got {image_size!r}")
-    image_size = (int(image_size[0]), int(image_size[1]))
-    if int(num_frames) < 1 or int(frame_step) < 1:
-        raise ValueError(f"num_frames and frame_step must be >= 1, got {num_frames}, {frame_step}")
-    if subset is not None and subset not in ("training", "validation", "both"):
-        raise ValueError(f'subset must be "training", "validation" or "both", got {subset!r}')
-    if bool(validation_split) != (subset is not None):
-        raise ValueError("validation_split and subset must be given together")
-    if validation_split and seed is None:
-        raise ValueError(
-            "validation_split needs a seed, so that the training and validation subsets "
-            "(one call each) are disjoint"
-        )
-    chosen = resolve_decoder(decoder)
-
-    if split_file is None:
-        listing = list_video_files(directory, labels, class_names)
-    else:
-        listing = _split_listing(directory, split_file, labels, class_names, validation_split)
-    if label_mode == "binary" and listing.class_names and len(listing.class_names) != 2:
-        raise ValueError(
-            f'label_mode="binary" needs exactly 2 classes, found {listing.class_names}'
-        )
-    num_classes = (
-        len(listing.class_names)
-        if listing.class_names
-        else (max(listing.labels) + 1 if listing.labels else 0)
-    )
-    if shuffle and seed is None:
-        seed = int(np.random.randint(1_000_000))  # one seed for the file order and the clips
-
-    subsets = ["training", "validation"] if subset == "both" else [subset]
-    datasets = []
-    for part in subsets:
-        paths, part_labels = listing.file_paths, listing.labels
-        if part is not None:
-            paths, part_labels = split_files(paths, part_labels, validation_split, part, seed)
-        kept_paths, kept_labels, infos, bad = select_usable(
-            paths, part_labels, listing.problems, on_error, directory
-        )
-        what = f"{len(kept_paths)} files"
-        if listing.class_names is not None:
-            what += f" belonging to {len(listing.class_names)} classes"
-        print(f"Found {what}" + (f", using them for {part}." if part else "."))
-
-        decode_batch_fn = None
-        if chosen == "tfio":
-            decode_fn, tfio_video_fn = make_tfio_decoders(image_size, num_frames)
-        else:
-            decode_fn = make_pyav_decode_fn(infos, image_size, num_frames)
-            decode_batch_fn = make_pyav_batch_decode_fn(
-                infos, image_size, num_frames, num_parallel_calls
-            )
-        decode_video_fn = None
-        if cache:
-            decode_video_fn = (
-                tfio_video_fn if chosen == "tfio" else make_pyav_video_fn(infos, image_size)
-            )
-        ds = build_clip_dataset(
-            kept_paths,
-            [infos[p].num_frames for p in kept_paths],
-            kept_labels,
-            decode_fn,
-            num_frames=num_frames,
-            frame_step=frame_step,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            label_fn=_encode_label(label_mode, num_classes) if label_mode else None,
-            num_parallel_calls=num_parallel_calls,
-            decode_video_fn=decode_video_fn,
-            decode_batch_fn=decode_batch_fn,
-        )
-        ds.class_names = listing.class_names
-        ds.file_paths = kept_paths
-        ds.skipped_files = bad
-        ds.decoder = chosen
-        ds.cached = cache
-        datasets.append(ds)
+    # The first statement, so that locals() is exactly the arguments, gathered for the phases.
+    arguments = _checked_arguments(_FolderArguments(**locals()))
+    listing = _list_phase(arguments)
+    arguments = _with_seed(arguments)
+    datasets = [_subset_dataset(arguments, listing, part) for part in _subset_names(subset)]
     return tuple(datasets) if subset == "both" else datasets[0]

@@ -165,15 +165,15 @@ def test_clips_are_pixel_identical_to_the_sequential_decode(footage, name):
 
 
 def test_the_index_is_learnt_once_and_kept_on_disk(tmp_path, monkeypatch):
-    from keras_sideways.data import pyav_decoder
+    from keras_sideways.data import frame_index
 
     monkeypatch.setenv("KERAS_SIDEWAYS_INDEX_CACHE", str(tmp_path / "cache"))
     path = write_pts_equals_dts_mp4(tmp_path / "camera.mp4", 60)
     first = probe_video(path)
     entries = list((tmp_path / "cache").rglob("*.json"))
     assert len(entries) == 1
-    monkeypatch.setattr(pyav_decoder, "_INDEX_CACHE", {})  # as a new process would start
-    monkeypatch.setattr(pyav_decoder, "_build_index", None)  # would fail if called
+    monkeypatch.setattr(frame_index, "_INDEX_CACHE", {})  # as a new process would start
+    monkeypatch.setattr(frame_index, "_build_index", None)  # would fail if called
     again = probe_video(path)
     assert again == first and again is not first
     clip = decode_clip(path, [41, 42, 43], None, info=again)
