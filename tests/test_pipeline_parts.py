@@ -65,9 +65,9 @@ def test_the_policy_asks_two_questions_of_stages():
 
 def test_tick_loop_overrides_change_the_plan_and_are_checked():
     model = SidewaysModel(dense_stages(3, 4))
-    assert model.tick_plan(10) == (4, True, 2, 2, "chunked")
+    assert model.tick_plan(10) == (4, True, 2, 2, "chunked", False)
     model.tick_loop = TickLoop(parallel_iterations=1, fill_first_chunk=False)
-    assert model.tick_plan(10) == (4, False, 2, 1, "chunked")
+    assert model.tick_plan(10) == (4, False, 2, 1, "chunked", False)
     assert model.tick_plan(None).remainder is None
     with pytest.raises(ValueError, match="schedule"):
         TickLoop(schedule="skewed-typo")
