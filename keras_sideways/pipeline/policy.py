@@ -51,12 +51,12 @@ class TickLoop:
         schedule: ``"chunked"``: every loop iteration runs the K stages over the same C ticks,
             one stage after another. ``"skewed"``: in iteration i stage k runs the forward of
             chunk i-k and the pullback of chunk i-(2K-2-k) (`pipeline.skewed`), so the K stages
-            of an iteration are independent and run at once on their devices, at the price of a
-            second forward of each chunk at every stage below the top. ``None`` (default):
-            skewed with ``stage_devices``, chunked on one device, where nothing runs the stages
-            at once and the second forward would only cost time. Where the skewed order cannot
-            be exact (`update_every`, stages holding state, a stateful step of unknown length)
-            the chunked loop runs instead, with a warning when skewed was asked for or placed.
+            of an iteration are independent and run at once on their devices (see ``unroll``
+            for what its loop form repeats). ``None`` (default): skewed with ``stage_devices``,
+            chunked on one device, where it measured as fast or faster for two of the three
+            reference models (docs/scaling.md). Where the skewed order cannot be exact
+            (`update_every`, stages holding state, a stateful step of unknown length) the
+            chunked loop runs instead, with a warning when skewed was asked for or placed.
         parallel_iterations: loop iterations in flight (default 2, 1 where the loop changes
             state a later iteration reads).
         fill_first_chunk: whether a stateless step's first chunk skips the empty pipeline's
@@ -139,7 +139,8 @@ def _why_not_skewed(stages: Sequence[keras.layers.Layer], num_frames: int | None
     holding = [stage.name for stage in stages if stage_holds_state(stage)]
     if holding:
         return (f"stages {holding} hold state that a call changes (BatchNormalization "
-                "statistics, dropout seeds), and the skewed order calls a stage twice per chunk")
+                "statistics, dropout seeds), whose calls the skewed order reorders (and its loop "
+                "form repeats)")
     if stateful and num_frames is None:
         return "a stateful step needs a clip length known at tracing, to end on a chunk boundary"
     return None

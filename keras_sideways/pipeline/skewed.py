@@ -8,12 +8,13 @@ chunk below's outputs (``up``), the chunk above's input cotangents (``down``), i
 activation, cotangent and window history, and its stash. So the K stages of an iteration have
 no data dependency on each other and run at once on their devices (or inter-op threads).
 
-What it costs: a chunk's pullback at stage k < K-1 comes 2(K-1-k) iterations after its forward,
-when the forward's tape is gone, so the stage stashes the chunk's inputs and runs its forward
-again, taped, before pulling back (the top pulls back the chunk it has just run, with no second
-forward). Stage 0 regathers its inputs from the clip instead of stashing them. Fill and drain
-add 2K-2 iterations in which some stages have nothing to do: each stage's forward and pullback
-sit in a `tf.cond` on whether their chunk is one of the step's, so idle stages compute nothing.
+What it costs: a chunk's pullback at stage k < K-1 comes 2(K-1-k) iterations after its
+forward. Unrolled (`LoopPlan.unrolled`: T known, few chunks), Python iterations build one graph:
+the forward's tape lives until its pullback, and a stage gathers its next chunk only after its
+last pullback (bounding what is in flight). In the `tf.while_loop` form the tape is gone by
+then: the stage stashes the chunk's inputs (stage 0 regathers them from the clip) and runs its
+forward again, taped; the top pulls back the chunk it has just run. Fill and drain add 2K-2
+iterations in which idle stages compute nothing (a `tf.cond`, unrolled a Python test).
 
 Exactness: every per-tick quantity is computed from the same inputs as in the per-tick
 recurrence, so the updates are the same (pinned against the NumPy reference). A stateless clip
@@ -65,7 +66,8 @@ def run_skewed_step(stages: Sequence[Any], windows: Sequence[int], device: Devic
                     stage_variables: list[list[Any]], state0: PipelineState, frames: Frames,
                     plan: LoopPlan, hooks: StepHooks, *, stateful: bool,
                     update_every: int | None) -> tuple[PipelineState, Any]:
-    """Run the clip in the skewed order, N + 2K-2 `tf.while_loop` iterations for N chunks.
+    """Run the clip in the skewed order, N + 2K-2 iterations for N chunks (unrolled, or a
+    `tf.while_loop`).
 
     Same arguments and results as `loop.run_step`; ``update_every`` must be None (the policy
     falls back to the chunked loop otherwise: in-loop updates would change the weights between
@@ -207,7 +209,8 @@ class _SkewedStep:
         return i + 1, _Skew(new["up"], new["down"], state, new["stash"], skew_losses), totals
 
     def lower_forward(self, k: int, i: Any, skew: _Skew, new: dict) -> None:
-        """Stage k < K-1: forward of chunk i-k, untaped; outputs up, inputs to the stash."""
+        """Stage k < K-1: forward of chunk i-k; outputs up, its tape kept (unrolled) or its
+        inputs to the stash."""
         c = schedule.skewed_forward_chunk(k, i)
 
         def forward() -> tuple:
@@ -239,7 +242,8 @@ class _SkewedStep:
                 new["stash"][k] = skew.stash[k][1:] + [inputs]
 
     def lower_pullback(self, k: int, i: Any, skew: _Skew, new: dict) -> None:
-        """Stage k < K-1: pullback of chunk i-(2K-2-k), from its stashed inputs, taped again."""
+        """Stage k < K-1: pullback of chunk i-(2K-2-k), on its forward's tape (unrolled) or
+        on a forward of its stashed inputs, taped again."""
         d = schedule.skewed_pullback_chunk(self.num_stages, k, i)
         sums = skew_sums = new["accumulators"][k]
 
@@ -387,10 +391,8 @@ def _when(condition: tf.Tensor, compute: Any, keep: tuple, name: str) -> tuple:
 
     chosen = tf.cond(condition, computed, lambda: [keep[j] for j in present], name=name)
     chosen = chosen if isinstance(chosen, (list, tuple)) else [chosen]
-    result: list[Any] = [None] * len(keep)
-    for j, value in zip(present, chosen, strict=True):
-        result[j] = value
-    return tuple(result)
+    by_position = dict(zip(present, chosen, strict=True))
+    return tuple(by_position.get(j) for j in range(len(keep)))
 
 
 def _valid_count(num_stages: int, stage: int, ticks: tf.Tensor, on: tf.Tensor) -> tf.Tensor:
