@@ -48,13 +48,17 @@ def assert_matches_reference(model, stages, clips, targets, loss, per_frame, win
 
 
 SLOW = pytest.mark.slow
+# The loop form's full grid is slow-marked; `test_the_loop_form_matches_the_numpy_reference`
+# keeps it in the default suite.
+BOTH_FORMS = pytest.mark.parametrize("tick_loop", [SKEWED, pytest.param(LOOPED, marks=SLOW)],
+                                     ids=["unrolled", "looped"])
 
 
 @pytest.mark.parametrize("num_stages,num_frames,chunk", [
     (1, 5, 2), pytest.param(2, 3, 1, marks=SLOW), (2, 7, 3), (3, 9, 4),
     pytest.param(4, 11, 2, marks=SLOW), (5, 12, 5), pytest.param(3, 10, 10, marks=SLOW)])
 @pytest.mark.parametrize("loss,per_frame", [("mse", False), ("sparse_crossentropy", True)])
-@pytest.mark.parametrize("tick_loop", [SKEWED, LOOPED], ids=["unrolled", "looped"])
+@BOTH_FORMS
 def test_skewed_matches_the_numpy_reference(num_stages, num_frames, chunk, loss, per_frame,
                                             tick_loop):
     model = use(build_model(num_stages, 3, loss, None if per_frame else "mean"), tick_loop,
@@ -69,7 +73,7 @@ def test_skewed_matches_the_numpy_reference(num_stages, num_frames, chunk, loss,
 @pytest.mark.parametrize("windows,num_frames,chunk", [
     pytest.param([3], 5, 2, marks=SLOW), pytest.param([3, 1], 6, 4, marks=SLOW),
     ([1, 3, 2], 9, 2), pytest.param([2, 2, 2], 7, 3, marks=SLOW), ([4, 1, 3, 2], 11, 4)])
-@pytest.mark.parametrize("tick_loop", [SKEWED, LOOPED], ids=["unrolled", "looped"])
+@BOTH_FORMS
 def test_skewed_windows_match_the_numpy_reference(windows, num_frames, chunk, tick_loop):
     for loss, per_frame in (("mse", True), ("sparse_crossentropy", False)):
         model = use(build_windowed(windows, 3, loss, None if per_frame else "mean"), tick_loop,
@@ -85,7 +89,7 @@ def test_skewed_windows_match_the_numpy_reference(windows, num_frames, chunk, ti
     ([1, 1], [1, 2, 4, 3], 2, True), ([2, 1, 3], [2, 4, 6], 4, False),
     pytest.param([1, 1, 1, 1], [3, 6, 9], 3, True, marks=SLOW),
     pytest.param([2, 1, 3], [2, 4, 6], 4, True, marks=SLOW)])
-@pytest.mark.parametrize("tick_loop", [SKEWED, LOOPED], ids=["unrolled", "looped"])
+@BOTH_FORMS
 def test_stateful_skewed_steps_continue_the_stream_exactly(windows, pieces, chunk, per_frame,
                                                            tick_loop):
     """Each step drains: its sums add up to one tick-by-tick pass over the whole stream."""
@@ -117,6 +121,14 @@ def test_stateful_skewed_steps_continue_the_stream_exactly(windows, pieces, chun
     assert max_relative_difference(sums, expected) < 1e-5
     got = [v for v in losses if not np.isnan(v)]
     np.testing.assert_allclose(got, [v for v in tick_losses if v is not None], rtol=1e-5)
+
+
+def test_the_loop_form_matches_the_numpy_reference():
+    """The `tf.while_loop` form (stash, second forward) on a clip T that C does not divide, with
+    windows, and on a stateful stream of two steps."""
+    test_skewed_matches_the_numpy_reference(3, 9, 4, "mse", False, LOOPED)
+    test_skewed_windows_match_the_numpy_reference([1, 3, 2], 9, 2, LOOPED)
+    test_stateful_skewed_steps_continue_the_stream_exactly([2, 1, 3], [2, 4], 2, False, LOOPED)
 
 
 @pytest.mark.parametrize("stateful,per_frame", [
