@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import keras
 
 from keras_sideways.pipeline.plan import LoopPlan
+from keras_sideways.schedule import num_chunks, skewed_fill_and_drain
 
 DEFAULT_TICK_CHUNK = 4
 SCHEDULES = ("chunked", "skewed")
@@ -127,7 +128,7 @@ class TickLoop:
         in_flight = 2 if self.parallel_iterations is None else self.parallel_iterations
         unrolled = False
         if num_frames is not None:
-            iterations = -(-num_frames // chunk) + 2 * len(stages) - 2
+            iterations = num_chunks(num_frames, chunk) + skewed_fill_and_drain(len(stages))
             unrolled = iterations <= MAX_UNROLLED_ITERATIONS if self.unroll is None else self.unroll
         return LoopPlan(chunk, False, None, in_flight, schedule="skewed", unrolled=unrolled)
 
