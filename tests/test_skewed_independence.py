@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from keras_sideways import SidewaysModel
 from keras_sideways.model import TickLoop
-from tests.test_tick_independence import depends_on
+from tests.test_tick_independence import ancestors, depends_on
 
 NUM_STAGES = 3
 
@@ -93,17 +93,6 @@ def unrolled_parts(graph, iteration: int) -> dict[int, set[str]]:
     return parts
 
 
-def ancestors(graph, names: set[str]) -> set[str]:
-    inputs = {n.name: [i.lstrip("^").split(":")[0] for i in n.input] for n in graph.node}
-    seen, frontier = set(), list(names)
-    while frontier:
-        for parent in inputs.get(frontier.pop(), []):
-            if parent not in seen:
-                seen.add(parent)
-                frontier.append(parent)
-    return seen
-
-
 def test_stages_of_one_unrolled_iteration_are_independent():
     """9 frames in chunks of 3, K=3: iterations 0-6; in iteration 2 all three stages work."""
     graph = traced_graph(3, unroll=True)
@@ -112,7 +101,7 @@ def test_stages_of_one_unrolled_iteration_are_independent():
         parts = unrolled_parts(graph, iteration)
         for k, names in parts.items():
             assert any(re.search(rf"stage{k}_dense.*MatMul", n) for n in names), (iteration, k)
-            before = ancestors(graph, names)
+            before = ancestors(graph.node, names)
             for other, other_names in parts.items():
                 if other != k:
                     assert not before & other_names, (iteration, k, other)
@@ -121,5 +110,5 @@ def test_stages_of_one_unrolled_iteration_are_independent():
     # The check sees dependencies where they are: iteration 3's stage 1 forward reads the
     # outputs stage 0 computed in iteration 2, and stage 1's pullback there (chunk 0) reads the
     # cotangents the top computed in iteration 2.
-    later = ancestors(graph, unrolled_parts(graph, 3)[1])
+    later = ancestors(graph.node, unrolled_parts(graph, 3)[1])
     assert later & middle[0] and later & middle[2]

@@ -31,18 +31,22 @@ def loop_body(tick_chunk: int):
     return bodies[0]
 
 
-def depends_on(body, node_pattern: str, ancestor_pattern: str) -> bool:
-    inputs = {n.name: [i.lstrip("^").split(":")[0] for i in n.input] for n in body.node_def}
-    start = [name for name in inputs if re.search(node_pattern, name)]
-    assert start, node_pattern
-    seen, frontier = set(), list(start)
+def ancestors(nodes, names) -> set[str]:
+    """Every node that ``names`` depend on among ``nodes`` (NodeDefs), data or control."""
+    inputs = {n.name: [i.lstrip("^").split(":")[0] for i in n.input] for n in nodes}
+    seen, frontier = set(), list(names)
     while frontier:
-        name = frontier.pop()
-        for parent in inputs.get(name, []):
+        for parent in inputs.get(frontier.pop(), []):
             if parent not in seen:
                 seen.add(parent)
                 frontier.append(parent)
-    return any(re.search(ancestor_pattern, name) for name in seen)
+    return seen
+
+
+def depends_on(body, node_pattern: str, ancestor_pattern: str) -> bool:
+    start = [n.name for n in body.node_def if re.search(node_pattern, n.name)]
+    assert start, node_pattern
+    return any(re.search(ancestor_pattern, name) for name in ancestors(body.node_def, start))
 
 
 @pytest.mark.parametrize("stage,neighbour", [(1, 0), (2, 1), (0, 1)])
