@@ -33,10 +33,25 @@ def test_windows_are_causal_and_edge_padded_from_the_first_real_element():
 def test_stage_inputs_of_a_one_tick_chunk_do_not_read_the_stage_below():
     carried, history = tf.ones([2, 3]), tf.zeros([2, 1, 3])
     inputs, following = stage_inputs(2, carried, history, None, 1, first=-5)
-    np.testing.assert_array_equal(inputs[:, 0], tf.stack([history[:, 0], carried], 1))
+    # A chunk's inputs are ticks-first (1, B, w, …); the history keeps the state's (B, w-1, …).
+    np.testing.assert_array_equal(inputs[0], tf.stack([history[:, 0], carried], 1))
     np.testing.assert_array_equal(following, carried[:, None])
     inputs, following = stage_inputs(1, carried, None, None, 1, first=0)
-    assert following is None and inputs.shape == (2, 1, 3)
+    assert following is None and inputs.shape == (1, 2, 3)
+
+
+@pytest.mark.parametrize("window,start,size,first", [(1, 0, 6, 0), (1, 2, 3, 0), (3, -2, 6, -2),
+                                                     (2, 0, 3, 1), (3, 1, 4, 2)])
+def test_ticks_first_windows_are_the_batch_major_ones_transposed(window, start, size, first):
+    """A chunk's inputs (size, B, [w,] …), gathered from a batch-major clip or a ticks-first
+    sequence, hold exactly what the exact forward's batch-major gathering reads."""
+    clip = tf.constant(np.random.default_rng(window).normal(size=(3, 7, 2)), tf.float32)
+    expected = np.moveaxis(gather_windows(clip, start, size, window, first).numpy(), 1, 0)
+    from_clip = gather_windows(clip, start, size, window, first, ticks_first=True)
+    from_ticks = gather_windows(tf.transpose(clip, [1, 0, 2]), start, size, window, first,
+                                ticks_first=True, batch_major_source=False)
+    np.testing.assert_array_equal(from_clip, expected)
+    np.testing.assert_array_equal(from_ticks, expected)
 
 
 @pytest.mark.parametrize("num_stages,size", [(1, 3), (3, 4), (3, 6), (4, 2)])

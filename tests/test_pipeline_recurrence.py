@@ -3,7 +3,8 @@
 A chunk of C ticks from a given, non-empty pipeline state is checked against the per-tick
 recurrence of DESIGN.md §2 written out in NumPy with the reference's dense stages: every stage
 computes at every tick from the state of the tick before, the top's cotangent is exact, every
-other stage's is one tick old. No model, optimizer or `compute_gradients` is involved.
+other stage's is one tick old. No model, optimizer or `compute_gradients` is involved. Chunk
+tensors are ticks-first, (C, B, …), as the tick loop holds them.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def built_stages() -> list[keras.layers.Layer]:
     for stage in stages:
         stage.build((None, FEATURES if stage is stages[0] else stages[0].units))
     return stages
+
+
+def ticks_first(clips: np.ndarray) -> tf.Tensor:
+    """(B, C, …) -> the chunk layout (C, B, …)."""
+    return tf.constant(np.moveaxis(clips, 1, 0), tf.float32)
 
 
 def random_state(rng: np.random.Generator, hidden: int) -> tuple[PipelineState, dict]:
@@ -72,7 +78,7 @@ def numpy_chunk(stages, arrays, clips, targets):
                 new_cotangents[k - 1] = d_input
         tops.append(outputs[-1])
         activations, cotangents = outputs[:-1], new_cotangents
-    return np.stack(tops, 1), sums, activations, cotangents
+    return np.stack(tops), sums, activations, cotangents  # tops ticks-first, (C, B, …)
 
 
 @pytest.mark.parametrize("size", [1, 4])
@@ -86,13 +92,12 @@ def test_one_chunk_forward_and_pullback_equal_the_per_tick_recurrence(size):
     mse = keras.losses.MeanSquaredError()
 
     def top_loss(outputs):
-        losses = tf.stack([mse(targets[:, c], outputs[:, c]) for c in range(size)])
+        losses = tf.stack([mse(targets[:, c], outputs[c]) for c in range(size)])
         return tf.reduce_sum(losses), losses
 
     plans = chunk_plan(K, size)
     forwards, activations, _ = chunk_forward(
-        stages, [1] * K, no_device, state, plans, tf.constant(clips, tf.float32), top_loss,
-        fill=False)
+        stages, [1] * K, no_device, state, plans, ticks_first(clips), top_loss, fill=False)
     gradients, cotangents = chunk_pullback(
         forwards, [s.trainable_variables for s in stages], state, [1] * K, no_device, False)
 
@@ -113,7 +118,7 @@ def test_a_filling_chunk_skips_exactly_the_ticks_that_add_nothing():
     rng = np.random.default_rng(3)
     stages = built_stages()
     size = 5  # 2K-1: stage 0's first valid cotangent arrives at the last tick
-    clips = tf.constant(rng.normal(size=(BATCH, size, FEATURES)), tf.float32)
+    clips = ticks_first(rng.normal(size=(BATCH, size, FEATURES)))
     targets = rng.normal(size=(BATCH, size, OUTPUTS))
     zeros = [tf.zeros((BATCH, stages[0].units)) for _ in range(K - 1)]
     empty = PipelineState(tf.constant(0, tf.int32), zeros, zeros, {}, [], [])
@@ -126,8 +131,8 @@ def test_a_filling_chunk_skips_exactly_the_ticks_that_add_nothing():
         valid = tf.range(top_from, size) >= K - 1
 
         def top_loss(outputs, top_from=top_from, valid=valid):
-            losses = tf.stack([mse(targets[:, top_from + c], outputs[:, c])
-                               for c in range(outputs.shape[1])])
+            losses = tf.stack([mse(targets[:, top_from + c], outputs[c])
+                               for c in range(outputs.shape[0])])
             return tf.reduce_sum(tf.where(valid, losses, 0.0)), losses
 
         forwards, _, _ = chunk_forward(stages, [1] * K, no_device, empty, plans, clips,

@@ -54,9 +54,12 @@ def test_vectorised_tick_losses_equal_one_loss_call_per_tick(name, weighted):
 
     targets, outputs = targets_and_outputs(kind, rng, batch=3, ticks=4)
     weights = rng.uniform(0.1, 2.0, size=(3, 4)).astype("float32") if weighted else None
+    def ticks_first(array):  # the tick loop's chunk layout, (n, B, …)
+        return tf.constant(np.moveaxis(array, 1, 0))
+
     vectorised = losses.tick_losses(
-        frame_loss, tf.constant(targets), tf.constant(outputs),
-        None if weights is None else tf.constant(weights),
+        frame_loss, ticks_first(targets), ticks_first(outputs),
+        None if weights is None else ticks_first(weights),
     ).numpy()
     one_by_one = [
         float(frame_loss(tf.constant(targets[:, j]), tf.constant(outputs[:, j]),

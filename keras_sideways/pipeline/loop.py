@@ -23,16 +23,16 @@ from keras_sideways.pipeline import gradients as bookkeeping
 from keras_sideways.pipeline.plan import LoopPlan, chunk_plan
 from keras_sideways.pipeline.recurrence import Device, chunk_forward, chunk_pullback
 from keras_sideways.pipeline.state import PipelineState
-from keras_sideways.pipeline.tensors import repeat_time
+from keras_sideways.pipeline.tensors import gather_ticks, repeat_ticks
 from keras_sideways.pipeline.windows import gather_windows
 
 
 class StepHooks(NamedTuple):
     """What the model contributes to a step.
 
-    ``tick_losses(targets, outputs, weights)``: the compiled loss per tick, (B, n, …) -> (n,).
+    ``tick_losses(targets, outputs, weights)``: the compiled loss per tick, (n, B, …) -> (n,).
     ``update_metrics(targets, outputs, weights)`` or None: update the metrics from ticks
-    (B, n, …), returning the metric variables' new values (to order the next update after).
+    (n, B, …), returning the metric variables' new values (to order the next update after).
     ``apply_means(accumulators, counts)`` or None: apply the means so far (``update_every``),
     returning zeroed accumulators and counts. ``before_top()``: a check run before the top loss.
     """
@@ -57,7 +57,7 @@ class Frames(NamedTuple):
 
 def delay_line(frames: Frames, state: PipelineState, i: Any, size: int,
                 stateful: bool) -> tuple:
-    """Targets and weights of the chunk's ticks, and those to carry (the last K-1).
+    """Targets and weights of the chunk's ticks (n, B, …), and those to carry (the last K-1).
 
     The top output at tick t belongs to frame t-(K-1), so targets and weights travel with their
     frames. A stateless clip's per-clip target is every tick's target, and without sample
@@ -66,18 +66,18 @@ def delay_line(frames: Frames, state: PipelineState, i: Any, size: int,
     keep = len(state.targets)
 
     def travel(new: tf.Tensor, carried: list) -> tuple[tf.Tensor, list]:
-        both = tf.concat([tf.stack(carried[::-1], 1), new], 1) if keep else new
-        return both, [both[:, -1 - j] for j in range(keep)]
+        both = tf.concat([tf.stack(carried[::-1]), new], 0) if keep else new
+        return both, [both[-1 - j] for j in range(keep)]
 
     def chunk_of(tensor: tf.Tensor, per_clip: bool) -> tf.Tensor:
         if per_clip:
-            return repeat_time(tensor, size)
-        return tf.gather(tensor, i + tf.range(size), axis=1)
+            return repeat_ticks(tensor, size)
+        return gather_ticks(tensor, i + tf.range(size), batch_major=True)
 
     if frames.carry_targets:
         targets, next_targets = travel(chunk_of(frames.targets, frames.per_clip), state.targets)
     else:
-        targets, next_targets = repeat_time(frames.targets, size), state.targets
+        targets, next_targets = repeat_ticks(frames.targets, size), state.targets
     if frames.weights is None:
         # Frames of an unweighted step stay unweighted in a continued stream.
         weights = None
@@ -125,7 +125,8 @@ def run_step(stages: Sequence[Any], windows: Sequence[int], device: Device,
     def run_chunk(size: int, fill: bool = False) -> Callable:
         return chunk_body(stages, windows, device, stage_variables, frames, hooks, size, fill,
                            first_inputs=lambda i: gather_windows(
-                               elements0, i + offset0, size, window0, first0),
+                               elements0, i + offset0, size, window0, first0,
+                               ticks_first=True),
                            stateful=stateful, update_every=update_every)
 
     totals = StepTotals(
@@ -169,8 +170,8 @@ def chunk_body(stages: Sequence[Any], windows: Sequence[int], device: Device,
         def top_loss(outputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             hooks.before_top()
             losses = hooks.tick_losses(
-                targets[:, top_from:size], outputs,
-                None if weights is None else weights[:, top_from:size])
+                targets[top_from:size], outputs,
+                None if weights is None else weights[top_from:size])
             objective = tf.where(top_valid[top_from:], losses, 0.0)
             return tf.reduce_sum(objective) * hooks.loss_scale, losses
 
@@ -230,12 +231,12 @@ def update_metrics_in_order(update: Callable, order: tf.Tensor, top: tf.Tensor,
     valid_ticks = tf.where(valid_top)[:, 0]
 
     def valid(tensor: tf.Tensor) -> tf.Tensor:
-        return tf.gather(tensor[:, top_from:size], valid_ticks, axis=1)
+        return tf.gather(tensor[top_from:size], valid_ticks)
 
     # Metric updates read-modify-write their variables: chained through `order`, they keep the
     # tick order with two loop iterations in flight.
     with tf.control_dependencies([order]):
-        updated = update(valid(targets), tf.gather(top, valid_ticks, axis=1),
+        updated = update(valid(targets), tf.gather(top, valid_ticks),
                          None if weights is None else valid(weights))
     with tf.control_dependencies(updated):
         return tf.identity(order)

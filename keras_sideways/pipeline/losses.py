@@ -14,7 +14,7 @@ FrameLoss = Callable[[Any, tf.Tensor, Any], tf.Tensor]
 
 def tick_losses(frame_loss: FrameLoss, targets: tf.Tensor, outputs: tf.Tensor,
                 weights: Any) -> tf.Tensor:
-    """The compiled loss of each tick's batch, (B, C, …) -> (C,), in one vectorised call.
+    """The compiled loss of each tick's batch, ticks-first (n, B, …) -> (n,), in one call.
 
     Each tick's value is exactly what ``frame_loss`` gives for that tick's batch alone, whatever
     its reduction: the per-tick call is vectorised over ticks (`tf.vectorized_map`) rather than
@@ -22,19 +22,10 @@ def tick_losses(frame_loss: FrameLoss, targets: tf.Tensor, outputs: tf.Tensor,
     chunk's time here. Without user weights the loss gets none: implicit ones of shape (B,)
     would not broadcast against per-pixel losses (B, H, W).
     """
-
-    def ticks_first(tensor: tf.Tensor) -> tf.Tensor:
-        return tf.transpose(tensor, [1, 0, *range(2, tensor.shape.rank)])
-
     if weights is None:
-        return tf.vectorized_map(
-            lambda pair: frame_loss(pair[0], pair[1], None),
-            (ticks_first(targets), ticks_first(outputs)),
-        )
-    return tf.vectorized_map(
-        lambda triple: frame_loss(*triple),
-        (ticks_first(targets), ticks_first(outputs), ticks_first(weights)),
-    )
+        return tf.vectorized_map(lambda pair: frame_loss(pair[0], pair[1], None),
+                                 (targets, outputs))
+    return tf.vectorized_map(lambda triple: frame_loss(*triple), (targets, outputs, weights))
 
 
 def regularization(additional_loss: Callable[[], tf.Tensor], variables: Sequence[Any],

@@ -4,7 +4,8 @@ Nothing here knows a model, an optimizer or metrics. A chunk of C ticks is compu
 stage, every stage's C ticks batched (DESIGN.md §2a): bottom-up, stage k's inputs are the
 activation carried from the tick before the chunk followed by stage k-1's outputs of the chunk
 (`windows.stage_inputs`); top-down, its cotangents are the one carried followed by stage k+1's
-input cotangents of the chunk. The seams a schedule composes:
+input cotangents of the chunk. A chunk's tensors are ticks-first, (C, B, …) (`tensors`). The
+seams a schedule composes:
 
 - `stage_forward`: stage k's forward over its (gathered) inputs of a chunk, taped where its
   pullback will need it; the top stage also evaluates its loss on the tape.
@@ -31,14 +32,14 @@ from keras_sideways.pipeline.tensors import carried_then, gradient, merge_time, 
 from keras_sideways.pipeline.windows import stage_inputs
 
 Device = Callable[[int], contextlib.AbstractContextManager]
-# The top stage's loss: taped outputs (B, n, …) -> (scalar to pull back, per-tick losses (n,)).
+# The top stage's loss: taped outputs (n, B, …) -> (scalar to pull back, per-tick losses (n,)).
 TopLoss = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
 
 class StageForward(NamedTuple):
     """What stage k's forward over a chunk leaves: its outputs and what its pullback needs.
 
-    ``outputs`` (B, n, …): every computed tick (None where the chunk does not reach the stage);
+    ``outputs`` (n, B, …): every computed tick (None where the chunk does not reach the stage);
     ``taped_outputs``: the taped ticks, ``outputs``' last ones (None: nothing taped);
     ``tape``, ``flat_inputs``, ``flat_outputs``: the recorded call; ``objective``,
     ``tick_losses``: the top stage's loss (else None).
@@ -56,15 +57,15 @@ class StageForward(NamedTuple):
 def stage_forward(stage: Any, inputs: tf.Tensor, plan: StagePlan,
                   device: contextlib.AbstractContextManager,
                   top_loss: TopLoss | None = None) -> StageForward:
-    """Stage forward over its inputs (B, size-begin, [w,] …) of a chunk; taped from
+    """Stage forward over its inputs (size-begin, B, [w,] …) of a chunk; taped from
     ``plan.taped_from``, with the top's loss evaluated on the tape."""
     early = None
     if plan.untaped:
         # Ticks before the stage's first valid cotangent: forward only.
-        untaped = inputs[:, :plan.untaped]
+        untaped = inputs[:plan.untaped]
         with device:
             early = split_time(stage(merge_time(untaped), training=True), untaped)
-        inputs = inputs[:, plan.untaped:]
+        inputs = inputs[plan.untaped:]
     if not plan.taped:
         return StageForward(outputs=early)
     flat = merge_time(inputs)
@@ -75,16 +76,16 @@ def stage_forward(stage: Any, inputs: tf.Tensor, plan: StagePlan,
         output = split_time(flat_output, inputs)
         if top_loss is not None:
             objective, tick_losses = top_loss(output)
-    outputs = output if early is None else tf.concat([early, output], 1)
+    outputs = output if early is None else tf.concat([early, output], 0)
     return StageForward(outputs, output, tape, flat, flat_output, objective, tick_losses)
 
 
 def stage_pullback(forward: StageForward, variables: Sequence[Any], cotangent: Any,
                    device: contextlib.AbstractContextManager, *, input_cotangent: bool,
                    window: int) -> tuple[list[Any], tf.Tensor | None]:
-    """Pull ``cotangent`` (B, n, …) back through a taped `stage_forward` (None: the top, whose
+    """Pull ``cotangent`` (n, B, …) back through a taped `stage_forward` (None: the top, whose
     objective is pulled back). Returns the gradients of ``variables`` and, if
-    ``input_cotangent``, the cotangent for the stage below (B, n, …), its window summed."""
+    ``input_cotangent``, the cotangent for the stage below (n, B, …), its window summed."""
     sources = ([forward.flat_inputs] if input_cotangent else []) + list(variables)
     with device:
         if cotangent is None:
@@ -115,7 +116,7 @@ def chunk_forward(stages: Sequence[Any], windows: Sequence[int], device: Device,
         plan, window = plans[k], windows[k]
         if k > 0:
             below = forwards[k - 1].outputs
-            activations.append(state.activations[k - 1] if below is None else below[:, -1])
+            activations.append(state.activations[k - 1] if below is None else below[-1])
         if not plan.reached:
             # The filling chunk does not reach this stage: it keeps its empty state.
             if window > 1:
@@ -151,7 +152,7 @@ def chunk_pullback(forwards: Sequence[StageForward], stage_variables: Sequence[S
     for k in reversed(range(num_stages)):
         if k < num_stages - 1:
             # None yet in a filling chunk that did not reach stage k+1: the zero it holds.
-            cotangents[k] = state.cotangents[k] if below is None else below[:, -1]
+            cotangents[k] = state.cotangents[k] if below is None else below[-1]
         if forwards[k].tape is None:
             # Filling chunk: no valid cotangent reaches this stage, nor below it.
             below = None
@@ -160,7 +161,7 @@ def chunk_pullback(forwards: Sequence[StageForward], stage_variables: Sequence[S
         if k < num_stages - 1:
             # In a filling chunk stage k+1's cotangents start one tick before stage k's taped
             # ticks: nothing is carried in.
-            cotangent = below[:, :-1] if fill else carried_then(state.cotangents[k], below)
+            cotangent = below[:-1] if fill else carried_then(state.cotangents[k], below)
         gradients[k], below = stage_pullback(
             forwards[k], stage_variables[k], cotangent, device(k),
             input_cotangent=k > 0, window=windows[k])
@@ -184,7 +185,7 @@ def stream_tick(stages: Sequence[Any], windows: Sequence[int], device: Device,
         if history is not None:
             histories[str(k)] = history
         with device(k):
-            outputs.append(stage(inputs[:, 0], training=False))
+            outputs.append(stage(inputs[0], training=False))
     next_state = state._replace(tick=state.tick + 1, activations=outputs[:-1],
                                 histories=histories)
     return outputs[-1], next_state

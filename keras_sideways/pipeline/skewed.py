@@ -38,7 +38,7 @@ from keras_sideways.pipeline.loop import Frames, StepHooks, StepTotals, update_m
 from keras_sideways.pipeline.plan import LoopPlan, StagePlan
 from keras_sideways.pipeline.recurrence import Device, stage_forward, stage_pullback
 from keras_sideways.pipeline.state import PipelineState
-from keras_sideways.pipeline.tensors import carried_then, repeat_time
+from keras_sideways.pipeline.tensors import carried_then, gather_ticks, repeat_ticks
 from keras_sideways.pipeline.windows import stage_inputs, window_positions
 
 
@@ -121,8 +121,8 @@ class _SkewedStep:
             self.elements0 = tf.concat([state0.histories["0"], frames.clips], axis=1)
             self.offset0 = 0
         self.first0 = schedule.first_valid_input_tick(0) - state0.tick + self.offset0
-        self.carried_targets = tf.stack(state0.targets[::-1], 1) if state0.targets else None
-        self.carried_weights = tf.stack(state0.weights[::-1], 1) if state0.weights else None
+        self.carried_targets = tf.stack(state0.targets[::-1]) if state0.targets else None
+        self.carried_weights = tf.stack(state0.weights[::-1]) if state0.weights else None
         self.untaped = StagePlan(0, self.chunk, self.chunk)
         self.taped = StagePlan(0, 0, self.chunk)
 
@@ -142,11 +142,11 @@ class _SkewedStep:
         # Padded ticks (before frame 0) read frame 0: their results are never valid.
         begin = c * self.chunk - self.pad
         if self.windows[0] == 1:
-            return tf.gather(self.frames.clips, tf.maximum(begin + tf.range(self.chunk), 0),
-                             axis=1)
+            return gather_ticks(self.frames.clips, tf.maximum(begin + tf.range(self.chunk), 0),
+                                batch_major=True)
         positions = window_positions(begin + self.offset0, self.chunk, self.windows[0],
                                      self.first0)
-        return tf.gather(self.elements0, tf.maximum(positions, 0), axis=1)
+        return gather_ticks(self.elements0, tf.maximum(positions, 0), batch_major=True)
 
     def inputs_of(self, k: int, c: Any, skew: _Skew) -> tuple[Any, Any, Any]:
         """Stage k's inputs of chunk c, and its carried activation and history after it (the
@@ -157,22 +157,22 @@ class _SkewedStep:
         inputs, history = stage_inputs(
             self.windows[k], skew.state.activations[k - 1], skew.state.histories.get(str(k)),
             skew.up[k - 1], self.chunk, first)
-        return inputs, skew.up[k - 1][:, -1], history
+        return inputs, skew.up[k - 1][-1], history
 
     def of_frames(self, values: Any, per_clip: bool, carried: Any,
                   index: tf.Tensor) -> tf.Tensor:
-        """Targets (or weights) of clip frames ``index`` (B, n, …); a negative index is a frame
+        """Targets (or weights) of clip frames ``index``, (n, B, …); a negative index is a frame
         still in flight from the last step (``carried``, oldest first), or none (invalid)."""
         if per_clip:
-            from_clip = repeat_time(values, index.shape[0])
+            from_clip = repeat_ticks(values, index.shape[0])
         else:
-            from_clip = tf.gather(values, tf.clip_by_value(index, 0, self.num_frames - 1),
-                                  axis=1)
+            from_clip = gather_ticks(values, tf.clip_by_value(index, 0, self.num_frames - 1),
+                                     batch_major=True)
         if carried is None or not self.stateful:
             return from_clip
         from_carried = tf.gather(tf.cast(carried, from_clip.dtype), tf.clip_by_value(
-            index + self.num_stages - 1, 0, self.num_stages - 2), axis=1)
-        shape = [1, -1] + [1] * (from_clip.shape.rank - 2)
+            index + self.num_stages - 1, 0, self.num_stages - 2))
+        shape = [-1] + [1] * (from_clip.shape.rank - 1)
         return tf.where(tf.reshape(index >= 0, shape), from_clip, from_carried)
 
     def top_frames(self, ticks: tf.Tensor) -> tuple[tf.Tensor, Any]:
@@ -183,7 +183,7 @@ class _SkewedStep:
             targets = self.of_frames(frames.targets, frames.per_clip, self.carried_targets,
                                      index)
         else:
-            targets = repeat_time(frames.targets, self.chunk)
+            targets = repeat_ticks(frames.targets, self.chunk)
         weights = None
         if frames.weights is not None:
             weights = self.of_frames(frames.weights, frames.weights.shape.rank == 1,
@@ -259,7 +259,7 @@ class _SkewedStep:
                 input_cotangent=k > 0, window=self.windows[k])
             with self.device(k):
                 added = [s + g for s, g in zip(skew_sums, gradients, strict=True)]
-            return added, below, skew.down[k][:, -1]
+            return added, below, skew.down[k][-1]
 
         keep = (sums, skew.down[k - 1] if k else None, skew.state.cotangents[k])
         sums, below, carried = _when(self.active(d), pullback, keep, f"stage{k}_pullback")
@@ -327,7 +327,7 @@ class _SkewedStep:
     def initial(self) -> tuple[_Skew, StepTotals]:
         """Loop variables before iteration 0: zero chunks of the right shapes, the carries."""
         state0 = self.state0
-        up = [repeat_time(tf.zeros_like(a), self.chunk) for a in state0.activations]
+        up = [repeat_ticks(tf.zeros_like(a), self.chunk) for a in state0.activations]
         down = [tf.identity(u) for u in up]
         stash: list[list] = [[] for _ in self.stages]
         dummy = _Skew(up, down, state0, stash, tf.zeros([0]))
@@ -356,11 +356,11 @@ class _SkewedStep:
         next_targets, next_weights = state0.targets, state0.weights
         if frames.carry_targets and keep:
             held = self.of_frames(frames.targets, frames.per_clip, self.carried_targets, last)
-            next_targets = [tf.cast(held[:, j], state0.targets[j].dtype) for j in range(keep)]
+            next_targets = [tf.cast(held[j], state0.targets[j].dtype) for j in range(keep)]
         if frames.weights is not None and keep:
             held = self.of_frames(frames.weights, frames.weights.shape.rank == 1,
                                   self.carried_weights, last)
-            next_weights = [held[:, j] for j in range(keep)]
+            next_weights = [held[j] for j in range(keep)]
         elif self.stateful:
             # Frames of an unweighted step stay unweighted in a continued stream.
             next_weights = [tf.ones_like(w) for w in state0.weights]

@@ -1,4 +1,12 @@
-"""Small tensor helpers of the tick loop: the time axis, tiling, gradients with zeros."""
+"""Small tensor helpers of the tick loop: the time axis, tiling, gradients with zeros.
+
+Clips, targets and the exact forward are batch-major, (B, T, …), as Keras gives them. Inside
+the tick loop a chunk's tensors are ticks-first, (n, B, …): every slice of a chunk's ticks is
+then a view of its buffer (TensorFlow slices the leading axis in place) instead of a copy, and
+stage calls still see one batch of n·B examples. Measured on small stages (4 stages of 16-32
+channels at 32×32, one thread, T=64, C=16): the batch-major slices and concatenations of the
+time axis took 5.8 ms of a 29 ms step.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,8 @@ import tensorflow as tf
 
 
 def merge_time(x: tf.Tensor) -> tf.Tensor:
-    """(B, T, …) -> (B·T, …), keeping the static feature shape."""
+    """(B, T, …) -> (B·T, …), or ticks-first (n, B, …) -> (n·B, …), keeping the static
+    feature shape."""
     tail = x.shape[2:]
     if tail.is_fully_defined():
         return tf.reshape(x, [-1] + tail.as_list())
@@ -17,7 +26,7 @@ def merge_time(x: tf.Tensor) -> tf.Tensor:
 
 
 def split_time(x: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
-    """(B·T, …) -> (B, T, …) with B and T taken from ``like``."""
+    """(B·T, …) -> (B, T, …), or (n·B, …) -> (n, B, …): the two leading sizes of ``like``."""
     if like.shape[1] is not None and x.shape[1:].is_fully_defined():
         # One reshape with a constant shape: fewer ops in the tick loop's body.
         result = tf.reshape(x, [-1, like.shape[1], *x.shape[1:]])
@@ -37,16 +46,41 @@ def repeat_time(x: tf.Tensor, num_frames: Any) -> tf.Tensor:
     return tf.tile(x[:, None], tf.stack([1, num_frames, *rest]))
 
 
+def repeat_ticks(x: tf.Tensor, num_ticks: int) -> tf.Tensor:
+    """Repeat a per-clip tensor (B, …) over a chunk's ticks, ticks-first: (num_ticks, B, …)."""
+    return tf.tile(x[None], [num_ticks] + [1] * x.shape.rank)
+
+
+def gather_ticks(elements: tf.Tensor, positions: tf.Tensor, *,
+                 batch_major: bool) -> tf.Tensor:
+    """Elements at ``positions`` (n,) or (n, w) along the time axis, ticks-first: (n, B, [w,] …).
+
+    ``elements`` is ticks-first (N, B, …), or ``batch_major`` (B, N, …) (a clip, its targets).
+    One gather over the flattened elements, so that a batch-major clip becomes ticks-first
+    without a transposition after it.
+    """
+    shape = tf.shape(elements)
+    batch = shape[0] if batch_major else shape[1]
+    length = shape[1] if batch_major else shape[0]
+    examples = tf.range(batch)
+    if positions.shape.rank == 1:
+        at, examples = positions[:, None], examples[None, :]
+    else:
+        at, examples = positions[:, None, :], examples[None, :, None]
+    index = examples * length + at if batch_major else at * batch + examples
+    return tf.gather(merge_time(elements), index)
+
+
 def carried_then(carried: tf.Tensor, following: tf.Tensor | None) -> tf.Tensor:
-    """(B, C, …): the element carried from the previous tick, then ``following`` but its last.
+    """(C, B, …): the element carried from the previous tick, then ``following`` but its last.
 
     With C = 1 (or ``following`` None) this is the carried element alone, without reading
     ``following``: no data dependency then ties a stage to its neighbour within the tick, so the
     K stages of a tick can run at once (on their own devices, with ``stage_devices``).
     """
-    if following is None or following.shape[1] == 1:
-        return carried[:, None]
-    return tf.concat([carried[:, None], following[:, :-1]], axis=1)
+    if following is None or following.shape[0] == 1:
+        return carried[None]
+    return tf.concat([carried[None], following[:-1]], axis=0)
 
 
 def gradient(tape: tf.GradientTape, target: tf.Tensor, sources: Sequence[Any],
