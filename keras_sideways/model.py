@@ -76,9 +76,9 @@ class SidewaysModel(CrashSafeSavingMixin, FitMixin, ClipMetricsMixin, MultiWorke
             buffer of the stage below. Each stage still adds one tick of latency, so the tick
             schedule (validity, fill, target alignment) is unchanged.
         tick_chunk: how many consecutive ticks each stage computes in one batched call
-            (``None``: 4, with ``stage_devices`` too, where the skewed schedule runs the stages
-            of an iteration at once whatever C is; 1 when a stage holds BatchNormalization,
-            whose batch statistics would otherwise mix ticks). The updates are the same for any
+            (``None``: 4 or, on one device, 8 for small stage calls, modeled from per-call
+            overhead, `pipeline.policy.modeled_tick_chunk`; 1 when a stage holds
+            BatchNormalization, whose batch statistics would otherwise mix ticks). The updates are the same for any
             value (the weights are fixed between updates, so a stage's C ticks are independent
             given the carried buffers); larger chunks trade memory (it grows with C, never with
             T) for speed on one device. 1 is the literal per-tick pipeline. `tick_plan` says what
@@ -225,7 +225,8 @@ class SidewaysModel(CrashSafeSavingMixin, FitMixin, ClipMetricsMixin, MultiWorke
         return self.tick_loop.plan(
             self.stages, num_frames, tick_chunk=self.tick_chunk,
             placed=self.stage_devices is not None, stateful=self.stateful,
-            update_every=self.update_every, apply_within=apply_within)
+            update_every=self.update_every, apply_within=apply_within,
+            input_elements=None if self._layout is None else self._layout.input_elements())
 
     def compute_gradients(
         self,

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from keras_sideways import SidewaysModel
-from keras_sideways.pipeline.policy import DEFAULT_TICK_CHUNK, TickLoop
+from keras_sideways.pipeline.policy import DEFAULT_TICK_CHUNK, TickLoop, modeled_tick_chunk
 from tests.test_exactness import build_model, dense_stages, make_batch
 
 
@@ -315,6 +315,34 @@ def test_unknown_clip_length_is_checked_at_run_time():
     traced(tf.zeros([2, 5, 5]), tf.zeros([2, 2]))
     with pytest.raises(tf.errors.InvalidArgumentError, match="at least 2K-1=5 frames"):
         traced(tf.zeros([2, 4, 5]), tf.zeros([2, 2]))
+
+
+def test_the_default_chunk_on_one_device_is_modeled_from_the_stage_sizes():
+    """Small stage calls get 8-tick chunks, large ones 4 (`policy.modeled_tick_chunk`); an
+    unbuilt model, a placed one and an explicit ``tick_chunk`` are not modeled."""
+    from keras_sideways import models
+
+    assert modeled_tick_chunk(None) == DEFAULT_TICK_CHUNK
+    assert modeled_tick_chunk([36864, 32768, 8192]) == 4  # the temporal CNN's stage inputs
+    assert modeled_tick_chunk([12288, 8192]) == 8  # the isotropic CNN's
+    assert modeled_tick_chunk([3, 3]) == 8  # never above MAX_MODELED_TICK_CHUNK
+    expected = {"temporal": 4, "isotropic": 8}
+    for name, net in [("temporal", models.temporal_cnn_classifier(4)),
+                      ("isotropic", models.isotropic_cnn_classifier(4, num_stages=2, width=32))]:
+        model = net.build_model()
+        assert model.tick_plan(64).chunk == DEFAULT_TICK_CHUNK  # not built: sizes unknown
+        model.build((None, 8, 64, 64, 3))
+        assert model.state_layout.input_elements()[0] == 64 * 64 * 3 * net.temporal_windows[0]
+        assert model.tick_plan(64).chunk == expected[name]
+        assert model.tick_plan(6).chunk == min(expected[name], 6)
+    placed = models.isotropic_cnn_classifier(4, num_stages=2, width=32).build_model(
+        stage_devices=["/CPU:0", "/CPU:0"], tick_chunk=None)
+    placed.build((None, 8, 64, 64, 3))
+    assert placed.tick_plan(64).chunk == DEFAULT_TICK_CHUNK
+    explicit = models.isotropic_cnn_classifier(4, num_stages=2, width=32).build_model(
+        tick_chunk=16)
+    explicit.build((None, 8, 64, 64, 3))
+    assert explicit.tick_plan(64).chunk == 16
 
 
 def test_stages_with_batch_normalization_run_one_tick_per_call():

@@ -27,6 +27,14 @@ from keras_sideways.pipeline.plan import LoopPlan
 from keras_sideways.schedule import num_chunks, skewed_fill_and_drain
 
 DEFAULT_TICK_CHUNK = 4
+# The modeled chunk on one device (`modeled_tick_chunk`): chunks grow from DEFAULT_TICK_CHUNK, up
+# to this, until a stage call carries CALL_ELEMENTS input elements per example. Measured on 2
+# cores, Sideways/backprop frames/s at C=4 and 8 (T=64 or 32, B=8): isotropic CNN (stage inputs
+# 10k elements a frame) 0.94-1.00 and 1.01-1.06; temporal CNN (26k) 1.30 and 1.25; small stages
+# (2.2k) 0.45-0.55 and 0.61-0.71 (they reach backprop only at C=32, where they hold as much
+# memory as backprop: past 8 the chunk's memory outweighs what it buys, docs/scaling.md).
+MAX_MODELED_TICK_CHUNK = 8
+CALL_ELEMENTS = 65536
 SCHEDULES = ("chunked", "skewed")
 # An unrolled skewed step traces every stage once per chunk: past this many iterations the
 # graph, and the first step's tracing, would grow too far with T (measured, temporal CNN K=3:
@@ -84,9 +92,12 @@ class TickLoop:
 
     def plan(self, stages: Sequence[keras.layers.Layer], num_frames: int | None, *,
              tick_chunk: int | None, placed: bool, stateful: bool,
-             update_every: int | None, apply_within: bool = False) -> LoopPlan:
+             update_every: int | None, apply_within: bool = False,
+             input_elements: Sequence[int] | None = None) -> LoopPlan:
         """The `LoopPlan` of a step over ``num_frames`` ticks (None: unknown at tracing);
-        ``apply_within``: the step applies `update_every` updates inside the loop."""
+        ``apply_within``: the step applies `update_every` updates inside the loop;
+        ``input_elements``: each stage's input elements per example and tick (windows
+        included), for the modeled chunk size (None: not known, `DEFAULT_TICK_CHUNK`)."""
         wanted = self.schedule or ("skewed" if placed else "chunked")
         if wanted == "skewed":
             reason = _why_not_skewed(stages, num_frames, stateful=stateful,
@@ -97,7 +108,7 @@ class TickLoop:
                           f"{reason}. Running the chunked schedule instead, whose stages run "
                           "one after another within a chunk.", stacklevel=3)
         chunk = chunk_size(stages, num_frames, tick_chunk=tick_chunk, placed=placed,
-                           update_every=update_every)
+                           update_every=update_every, input_elements=input_elements)
         holds_state = any(stage_holds_state(stage) for stage in stages)
         # Only where the step surely starts an empty pipeline (stateless), the first chunk surely
         # fits (T known) and the skipped calls change nothing else.
@@ -149,8 +160,27 @@ def _why_not_skewed(stages: Sequence[keras.layers.Layer], num_frames: int | None
     return None
 
 
+def modeled_tick_chunk(input_elements: Sequence[int] | None) -> int:
+    """The chunked schedule's C on one device, modeled from the stages' sizes.
+
+    A stage call costs a fixed overhead (TensorFlow's executor, oneDNN's per-call setup) plus
+    its work, and backprop makes one call per stage for all B·T frames: small calls lose to it.
+    So C doubles from `DEFAULT_TICK_CHUNK` while a call would carry fewer than `CALL_ELEMENTS`
+    input elements per example (the stages' mean), up to `MAX_MODELED_TICK_CHUNK`, since
+    memory grows with C (never with T).
+    """
+    if not input_elements:
+        return DEFAULT_TICK_CHUNK
+    mean = sum(input_elements) / len(input_elements)
+    chunk = DEFAULT_TICK_CHUNK
+    while chunk < MAX_MODELED_TICK_CHUNK and chunk * mean < CALL_ELEMENTS:
+        chunk *= 2
+    return chunk
+
+
 def chunk_size(stages: Sequence[keras.layers.Layer], num_frames: int | None, *,
-               tick_chunk: int | None, placed: bool, update_every: int | None) -> int:
+               tick_chunk: int | None, placed: bool, update_every: int | None,
+               input_elements: Sequence[int] | None = None) -> int:
     """Ticks computed together per loop iteration (see `SidewaysModel`'s ``tick_chunk``)."""
     if tick_chunk is not None:
         chunk = tick_chunk
@@ -161,7 +191,7 @@ def chunk_size(stages: Sequence[keras.layers.Layer], num_frames: int | None, *,
     elif any(stage_mixes_batch(stage) for stage in stages):
         chunk = 1
     else:
-        chunk = DEFAULT_TICK_CHUNK
+        chunk = modeled_tick_chunk(input_elements)
     if num_frames is not None:
         chunk = min(chunk, num_frames)
     if update_every is not None:

@@ -11,6 +11,7 @@ comes from and goes to.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -62,6 +63,17 @@ class StateLayout:
         if stage == 0:
             return self.frame_shape, self.frame_dtype
         return tuple(self.output_shapes[stage - 1][1:]), self.output_dtypes[stage - 1]
+
+    def input_elements(self) -> list[int] | None:
+        """Each stage's input elements per example and tick, its window included (the
+        modeled chunk size's measure); None where a shape is not fully known."""
+        sizes = []
+        for k, window in enumerate(self.windows):
+            shape = self.element(k)[0]
+            if any(size is None for size in shape):
+                return None
+            sizes.append(window * math.prod(shape))
+        return sizes
 
     def fresh(self, batch: Any, frame_target: tf.Tensor,
               frame_weight: tf.Tensor) -> PipelineState:
