@@ -78,11 +78,11 @@ class SidewaysModel(CrashSafeSavingMixin, FitMixin, ClipMetricsMixin, MultiWorke
         tick_chunk: how many consecutive ticks each stage computes in one batched call
             (``None``: 4 or, on one device, 8 for small stage calls, modeled from per-call
             overhead, `pipeline.policy.modeled_tick_chunk`; 1 when a stage holds
-            BatchNormalization, whose batch statistics would otherwise mix ticks). The updates are the same for any
-            value (the weights are fixed between updates, so a stage's C ticks are independent
-            given the carried buffers); larger chunks trade memory (it grows with C, never with
-            T) for speed on one device. 1 is the literal per-tick pipeline. `tick_plan` says what
-            a step does (chunks in flight, whether the first chunk skips the filling ticks).
+            BatchNormalization, whose batch statistics would otherwise mix ticks). The updates
+            are the same for any value (the weights are fixed between updates, so a stage's C
+            ticks are independent given the carried buffers); larger chunks trade memory (it
+            grows with C, never with T) for speed on one device. 1 is the literal per-tick
+            pipeline. `tick_plan` says what a step does (chunks in flight, skipped filling).
         **kwargs: passed to `keras.Model` (e.g. ``name``).
 
     Attributes:

@@ -26,7 +26,7 @@ def merge_time(x: tf.Tensor) -> tf.Tensor:
 
 
 def split_time(x: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
-    """(B·T, …) -> (B, T, …), or (n·B, …) -> (n, B, …): the two leading sizes of ``like``."""
+    """(B·T, …) -> (B, T, …), or (n·B, …) -> (n, B, …): ``like``'s two leading sizes."""
     if like.shape[1] is not None and x.shape[1:].is_fully_defined():
         # One reshape with a constant shape: fewer ops in the tick loop's body.
         result = tf.reshape(x, [-1, like.shape[1], *x.shape[1:]])
