@@ -46,6 +46,11 @@ def repeat_time(x: tf.Tensor, num_frames: Any) -> tf.Tensor:
     return tf.tile(x[:, None], tf.stack([1, num_frames, *rest]))
 
 
+def swap_time_and_batch(x: tf.Tensor) -> tf.Tensor:
+    """(B, n, …) <-> (n, B, …): a small tensor (a window history) across the layouts."""
+    return tf.transpose(x, [1, 0, *range(2, x.shape.rank)])
+
+
 def repeat_ticks(x: tf.Tensor, num_ticks: int) -> tf.Tensor:
     """Repeat a per-clip tensor (B, …) over a chunk's ticks, ticks-first: (num_ticks, B, …)."""
     return tf.tile(x[None], [num_ticks] + [1] * x.shape.rank)

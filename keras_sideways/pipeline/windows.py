@@ -15,7 +15,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from keras_sideways.pipeline.tensors import carried_then, gather_ticks
+from keras_sideways.pipeline.tensors import carried_then, gather_ticks, swap_time_and_batch
 
 
 def window_positions(start: Any, size: Any, window: int, first: Any) -> tf.Tensor:
@@ -81,10 +81,10 @@ def stage_inputs(
         return carried_then(carried, below), None
     # History, carried element, then this chunk's outputs (the last is not read): one
     # concatenation, one gather. A one-tick chunk needs nothing from below.
-    history = tf.transpose(history, [1, 0, *range(2, history.shape.rank)])
+    history = swap_time_and_batch(history)
     parts = [history, carried[None]] + ([] if below is None or size == 1 else [below])
     elements = tf.concat(parts, axis=0)
     inputs = gather_windows(elements, 0, size, window, first, ticks_first=True,
                             batch_major_source=False)
     following = elements[size:size + window - 1]
-    return inputs, tf.transpose(following, [1, 0, *range(2, following.shape.rank)])
+    return inputs, swap_time_and_batch(following)
