@@ -12,9 +12,13 @@ in `keras/src/backend/tensorflow/trainer.py`:
    ``strategy.reduce("MEAN", value, axis=0)`` under a multi-worker strategy, so every scalar log
    (loss, metrics) fails: a scalar has no axis 0.
 
-`MultiWorkerFitMixin` fixes both, and changes nothing under any other strategy (or none).
-`tests/test_multi_worker.py` pins the upstream failures, so that the day Keras fixes them the test
-says the workaround can go.
+`MultiWorkerFitMixin` fixes both, and changes nothing under any other strategy (or none),
+except that the first fix also serves a one-host `MirroredStrategy` whose first global batch does
+not split evenly between the replicas (e.g. 5 clips on 2 replicas: 3 and 2): there Keras' eager
+mean of the replicas' batches fails in `AddN` ("must have the same size and shape",
+keras-team/keras#19246), for any model, while the training steps themselves take uneven batches.
+`tests/test_multi_worker.py` and `tests/test_distribute.py` pin the upstream failures, so that the
+day Keras fixes them the tests say the workaround can go.
 """
 
 from __future__ import annotations
@@ -48,10 +52,12 @@ class MultiWorkerFitMixin:
 
     # keras-team/keras#20585 (1): Keras reduces the first distributed batch eagerly across workers
     # only to learn its per-replica shape. Any one local replica's batch has that shape, so take
-    # it instead: no collective, nothing to convert.
+    # it instead: no collective, nothing to convert. The same eager mean fails on one host when
+    # the replicas' batches differ in size (keras-team/keras#19246): the first one's shape serves
+    # there too (building needs the shape past the batch axis only).
     def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
         strategy = getattr(self, "_distribute_strategy", None)
-        if strategy is None or not is_multi_worker(strategy) or iterator is None:
+        if strategy is None or strategy.num_replicas_in_sync == 1 or iterator is None:
             return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
         for _, _, data_iterator in iterator:
             batch = next(data_iterator)
