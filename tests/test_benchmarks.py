@@ -1,0 +1,47 @@
+"""`benchmarks/depth_gpu.py` has no GPU to run on here: its `--device-type CPU` check runs the same
+code on logical CPU devices, so that the first GPU measurement is one command that works."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "depth_gpu.py"
+CONFIGS = {"sideways_depth", "sideways_one_gpu", "backprop", "mirrored_backprop"}
+
+
+def run_script(*arguments: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *arguments], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_a_batch_that_does_not_split_over_the_replicas_is_refused_by_name():
+    result = run_script("--device-type", "CPU", "--batch", "10", timeout=120)
+    assert result.returncode == 2
+    assert "--batch 10 does not split evenly over 3 replicas" in result.stderr
+    assert "multiple of 12" in result.stderr
+
+
+@pytest.mark.slow
+def test_depth_gpu_runs_end_to_end_on_logical_cpu_devices(tmp_path):
+    output = tmp_path / "depth_gpu.json"
+    result = run_script("--device-type", "CPU", "--batch", "12", "--frames", "8", "--rounds",
+                        "1", "--steps", "1", "--output", str(output))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert report["device_type"] == "CPU"
+    assert set(report["models"]) == {"isotropic", "temporal"}
+    for name, num_stages in (("isotropic", 4), ("temporal", 3)):
+        entry = report["models"][name]
+        assert entry["num_stages"] == num_stages
+        assert len(entry["stage_devices"]) == num_stages
+        assert set(entry["frames_per_second"]) == CONFIGS
+        assert all(rate > 0 for rate in entry["frames_per_second"].values())
+        assert set(entry["paired_ratios"]) == {f"sideways_depth/{c}"
+                                               for c in CONFIGS - {"sideways_depth"}}
+    # The per-model files of the child processes are merged and removed.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["depth_gpu.json"]
