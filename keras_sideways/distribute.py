@@ -47,7 +47,8 @@ class MultiWorkerFitMixin:
     """Mix into a `keras.Model` subclass (before `keras.Model`) to `fit` it multi-worker.
 
     ``class MyModel(MultiWorkerFitMixin, keras.Model): ...``. Both overrides defer to Keras
-    unchanged unless the model's strategy is a multi-worker `MultiWorkerMirroredStrategy`.
+    unchanged unless the model's strategy is a multi-worker `MultiWorkerMirroredStrategy`; the
+    first one also takes over under any other strategy of more than one replica (see the module).
     """
 
     # keras-team/keras#20585 (1): Keras reduces the first distributed batch eagerly across workers
