@@ -143,15 +143,15 @@ def measure(args: argparse.Namespace, name: str, num_stages: int) -> dict[str, A
         placed = devices if config == "sideways_depth" else None
         strategy = (tf.distribute.MirroredStrategy(devices)
                     if config == "mirrored_backprop" else tf.distribute.get_strategy())
-        with strategy.scope(), tf.device(None if placed or config == "mirrored_backprop"
-                                         else devices[0]):
+        # Placed stages and replicas name their own devices; the rest run on the first.
+        device = None if placed or config == "mirrored_backprop" else devices[0]
+        with strategy.scope(), tf.device(device):
             model = build(name, num_stages).build_model(
                 mode="backprop" if "backprop" in config else "sideways", stage_devices=placed)
             model.compile(optimizer="adam", loss=loss)
         # Every configuration steps through Keras' compiled train function on an iterator (as
         # `fit` does), so that none pays `train_on_batch`'s per-call conversion.
         dataset = tf.data.Dataset.from_tensors((clips, labels)).repeat()
-        device = None if placed or config == "mirrored_backprop" else devices[0]
         with tf.device(device):
             model.fit(dataset, steps_per_epoch=1, epochs=1, verbose=0)  # traced and warm
         iterator = iter(strategy.experimental_distribute_dataset(dataset)
