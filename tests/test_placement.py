@@ -81,6 +81,24 @@ def test_fit_and_predict_equal_one_device():
                                rtol=1e-6, atol=1e-7)
 
 
+def test_chunked_schedule_with_a_filling_chunk_equals_one_device():
+    # C=4 over T=6: the filling chunk runs a stage's first ticks untaped and the rest taped,
+    # both under the stage's device. Traced, the chunked schedule (the fallback wherever the
+    # skewed one cannot be exact) entered that device context twice and failed
+    # ("'_GeneratorContextManager' object has no attribute 'args'").
+    clips, targets = batch(3)
+    gradients = []
+    for devices in (DEVICES, None):
+        keras.utils.set_random_seed(0)
+        model = SidewaysModel(named_stages(), stage_devices=devices, tick_chunk=4)
+        model.tick_loop = TickLoop(schedule="chunked")
+        model.compile(optimizer="sgd", loss="mse")
+        model.build(clips.shape)
+        assert model.tick_plan(clips.shape[1]).fill_first
+        gradients.append(tf.function(model.compute_gradients)(clips, targets))
+    assert_weights_equal(*gradients, rtol=1e-6, atol=1e-7)
+
+
 # The skewed schedule's conditional around a stage's forward, pullback or top (absent in the
 # chunked one).
 SKEWED_PART = r"(stage\d+_(forward|pullback|top)/)?"

@@ -60,23 +60,25 @@ def stage_forward(stage: Any, inputs: tf.Tensor, plan: StagePlan,
     """Stage forward over its inputs (size-begin, B, [w,] …) of a chunk; taped from
     ``plan.taped_from``, with the top's loss evaluated on the tape."""
     early = None
-    if plan.untaped:
-        # Ticks before the stage's first valid cotangent: forward only.
-        untaped = inputs[:plan.untaped]
-        with device:
+    # One `with device`: a tf.device context entered twice fails ('_GeneratorContextManager'
+    # object has no attribute 'args'), as a filling chunk's untaped then taped ticks did.
+    with device:
+        if plan.untaped:
+            # Ticks before the stage's first valid cotangent: forward only.
+            untaped = inputs[:plan.untaped]
             early = split_time(stage(merge_time(untaped), training=True), untaped)
-        inputs = inputs[plan.untaped:]
-    if not plan.taped:
-        return StageForward(outputs=early)
-    flat = merge_time(inputs)
-    objective = tick_losses = None
-    with device, tf.GradientTape() as tape:
-        tape.watch(flat)
-        flat_output = stage(flat, training=True)
-        output = split_time(flat_output, inputs)
-        if top_loss is not None:
-            objective, tick_losses = top_loss(output)
-    outputs = output if early is None else tf.concat([early, output], 0)
+            inputs = inputs[plan.untaped:]
+        if not plan.taped:
+            return StageForward(outputs=early)
+        flat = merge_time(inputs)
+        objective = tick_losses = None
+        with tf.GradientTape() as tape:
+            tape.watch(flat)
+            flat_output = stage(flat, training=True)
+            output = split_time(flat_output, inputs)
+            if top_loss is not None:
+                objective, tick_losses = top_loss(output)
+        outputs = output if early is None else tf.concat([early, output], 0)
     return StageForward(outputs, output, tape, flat, flat_output, objective, tick_losses)
 
 
