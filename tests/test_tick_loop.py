@@ -1,7 +1,11 @@
-"""The tick loop's speed measures keep its results: vectorised tick losses, two iterations in
-flight only where that is safe, and one shorter last chunk for a known clip length."""
+"""The tick loop's speed and memory measures keep its results: vectorised tick losses, two
+iterations in flight only where that is safe, one shorter last chunk for a known clip length,
+and a state that carries ticks, not whole chunks."""
 
 from __future__ import annotations
+
+import contextlib
+from typing import Any
 
 import keras
 import numpy as np
@@ -11,6 +15,7 @@ import tensorflow as tf
 from keras_sideways import SidewaysModel
 from keras_sideways.pipeline import losses
 from keras_sideways.pipeline.policy import TickLoop
+from keras_sideways.pipeline.tensors import last_tick
 from tests.test_exactness import build_model, dense_stages, make_batch, max_relative_difference
 
 LOSSES = {
@@ -70,13 +75,18 @@ def test_vectorised_tick_losses_equal_one_loss_call_per_tick(name, weighted):
     assert len(set(np.round(one_by_one, 6))) == 4  # the ticks really differ
 
 
-def while_loops(model: SidewaysModel, num_frames: int | None = 8) -> list:
-    """The tick loops of a traced `train_step` (with `update_every`, the updates are inside)."""
+def traced_step(model: SidewaysModel, num_frames: int | None) -> tf.Graph:
+    """The graph of a traced `train_step` on clips of 3 features and targets of 4."""
     model.fit(np.zeros((2, 8, 3), "float32"), np.zeros((2, 4), "float32"), verbose=0)
     traced = tf.function(lambda clips, targets: model.train_step((clips, targets)))
-    graph = traced.get_concrete_function(
+    return traced.get_concrete_function(
         tf.TensorSpec([2, num_frames, 3]), tf.TensorSpec([2, 4])
     ).graph
+
+
+def while_loops(model: SidewaysModel, num_frames: int | None = 8) -> list:
+    """The tick loops of a traced `train_step` (with `update_every`, the updates are inside)."""
+    graph = traced_step(model, num_frames)
     return [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
 
 
@@ -154,3 +164,56 @@ def test_the_filling_chunk_changes_no_update(update_every, tick_chunk):
         model.train_on_batch(clips, targets)
     for skipped, computed in zip(skipping.get_weights(), every_tick.get_weights(), strict=True):
         np.testing.assert_allclose(skipped, computed, rtol=1e-5, atol=1e-6)
+
+
+def test_a_carried_tick_does_not_keep_its_chunk_alive():
+    chunk = tf.random.uniform([8, 1 << 18])  # 8 MiB
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    view, copy = chunk[-1], last_tick(chunk, contextlib.nullcontext())
+    np.testing.assert_array_equal(copy, view)
+    del chunk
+    # The view still holds the 8 MiB buffer; after it goes, only the 1 MiB copy is left.
+    assert before - tf.config.experimental.get_memory_info("CPU:0")["current"] < 2**20
+    del view
+    assert before - tf.config.experimental.get_memory_info("CPU:0")["current"] >= 6 * 2**20
+
+
+def body_output_producers(model: SidewaysModel, num_frames: int) -> list[str]:
+    """The op that makes each value a traced tick loop's body hands to the next iteration
+    (through identities, and into the taken branch of a conditional stage)."""
+    graph = traced_step(model, num_frames)
+    library = {f.signature.name: f for f in graph.as_graph_def().library.function}
+
+    def producer(function: Any, output: int) -> str:
+        nodes = {node.name: node for node in function.node_def}
+        source = function.ret[function.signature.output_arg[output].name]
+        while True:
+            name, *rest = source.split(":")
+            node = nodes.get(name)
+            if node is None:
+                return "argument"
+            if node.op == "Identity":
+                source = node.input[0]
+            elif node.op in ("If", "StatelessIf"):
+                index = int(rest[-1]) if rest else 0
+                return producer(library[node.attr["then_branch"].func.name], index)
+            else:
+                return node.op
+
+    loops = [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
+    assert loops, "no tick loop traced"
+    bodies = [library[loop.get_attr("body").name] for loop in loops]
+    return [producer(body, k) for body in bodies for k in range(len(body.signature.output_arg))]
+
+
+@pytest.mark.parametrize("schedule", ["chunked", "skewed"])
+def test_the_loop_state_carries_ticks_not_views_of_chunks(schedule):
+    # A carried `chunk[-1]` (a StridedSlice of the leading axis, a view) kept every stage's
+    # chunk of outputs and cotangents alive into the next iteration: small stages, C=8, one
+    # iteration at a time, peaked at 7.75-7.9 MiB a step at T=64-128 against 5.1 at T=16;
+    # with copies of the carried ticks, 5.0-6.0 (docs/scaling.md).
+    model = compiled(SidewaysModel(dense_stages(4, 4), tick_chunk=4))
+    model.tick_loop = TickLoop(schedule=schedule, unroll=False)
+    producers = body_output_producers(model, 16)
+    assert producers.count("GatherV2") >= 6, producers  # 3 activations, 3 cotangents
+    assert "StridedSlice" not in producers, producers

@@ -28,7 +28,13 @@ import tensorflow as tf
 from keras_sideways import schedule
 from keras_sideways.pipeline.plan import StagePlan
 from keras_sideways.pipeline.state import PipelineState
-from keras_sideways.pipeline.tensors import carried_then, gradient, merge_time, split_time
+from keras_sideways.pipeline.tensors import (
+    carried_then,
+    gradient,
+    last_tick,
+    merge_time,
+    split_time,
+)
 from keras_sideways.pipeline.windows import stage_inputs
 
 Device = Callable[[int], contextlib.AbstractContextManager]
@@ -95,13 +101,13 @@ def stage_pullback(forward: StageForward, variables: Sequence[Any], cotangent: A
         else:
             result = gradient(forward.tape, forward.flat_outputs, sources,
                               output_gradients=merge_time(cotangent))
-    if not input_cotangent:
-        return result, None
-    below = split_time(result[0], forward.taped_outputs)
-    if window > 1:
-        # One cotangent per window position, summed into the one cotangent buffer of the
-        # stage below (Sideways keeps no older activations).
-        below = tf.reduce_sum(below, axis=2)
+        if not input_cotangent:
+            return result, None
+        below = split_time(result[0], forward.taped_outputs)
+        if window > 1:
+            # One cotangent per window position, summed into the one cotangent buffer of the
+            # stage below (Sideways keeps no older activations).
+            below = tf.reduce_sum(below, axis=2)
     return result[1:], below
 
 
@@ -118,7 +124,8 @@ def chunk_forward(stages: Sequence[Any], windows: Sequence[int], device: Device,
         plan, window = plans[k], windows[k]
         if k > 0:
             below = forwards[k - 1].outputs
-            activations.append(state.activations[k - 1] if below is None else below[-1])
+            activations.append(state.activations[k - 1] if below is None
+                               else last_tick(below, device(k - 1)))
         if not plan.reached:
             # The filling chunk does not reach this stage: it keeps its empty state.
             if window > 1:
@@ -154,7 +161,8 @@ def chunk_pullback(forwards: Sequence[StageForward], stage_variables: Sequence[S
     for k in reversed(range(num_stages)):
         if k < num_stages - 1:
             # None yet in a filling chunk that did not reach stage k+1: the zero it holds.
-            cotangents[k] = state.cotangents[k] if below is None else below[-1]
+            cotangents[k] = (state.cotangents[k] if below is None
+                             else last_tick(below, device(k + 1)))
         if forwards[k].tape is None:
             # Filling chunk: no valid cotangent reaches this stage, nor below it.
             below = None

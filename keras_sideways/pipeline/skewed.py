@@ -38,7 +38,7 @@ from keras_sideways.pipeline.loop import Frames, StepHooks, StepTotals, update_m
 from keras_sideways.pipeline.plan import LoopPlan, StagePlan
 from keras_sideways.pipeline.recurrence import Device, stage_forward, stage_pullback
 from keras_sideways.pipeline.state import PipelineState
-from keras_sideways.pipeline.tensors import carried_then, gather_ticks, repeat_ticks
+from keras_sideways.pipeline.tensors import carried_then, gather_ticks, last_tick, repeat_ticks
 from keras_sideways.pipeline.windows import stage_inputs, window_positions
 
 
@@ -157,7 +157,7 @@ class _SkewedStep:
         inputs, history = stage_inputs(
             self.windows[k], skew.state.activations[k - 1], skew.state.histories.get(str(k)),
             skew.up[k - 1], self.chunk, first)
-        return inputs, skew.up[k - 1][-1], history
+        return inputs, last_tick(skew.up[k - 1], self.device(k - 1)), history
 
     def of_frames(self, values: Any, per_clip: bool, carried: Any,
                   index: tf.Tensor) -> tf.Tensor:
@@ -259,7 +259,7 @@ class _SkewedStep:
                 input_cotangent=k > 0, window=self.windows[k])
             with self.device(k):
                 added = [s + g for s, g in zip(skew_sums, gradients, strict=True)]
-            return added, below, skew.down[k][-1]
+            return added, below, last_tick(skew.down[k], self.device(k + 1))
 
         keep = (sums, skew.down[k - 1] if k else None, skew.state.cotangents[k])
         sums, below, carried = _when(self.active(d), pullback, keep, f"stage{k}_pullback")
