@@ -233,3 +233,20 @@ def test_config_with_devices_missing_here_loads_without_placement():
     assert model.stage_devices is None
     clips, targets = batch(5)
     assert model.predict(clips, verbose=0).shape[0] == clips.shape[0]
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+def test_chunks_cross_to_a_stage_on_its_device(schedule):
+    # A stage's inputs (the carried tick, then the chunk below) and its cotangents (the carried
+    # one, then the chunk above's) are concatenated on the stage's own device: left to the
+    # placer, the concatenation could move a chunk through the default device.
+    clips, targets = batch(6)
+    keras.utils.set_random_seed(0)
+    model = SidewaysModel(named_stages(), stage_devices=DEVICES, tick_chunk=2)
+    model.tick_loop = SCHEDULES[schedule]
+    model.compile(optimizer="sgd", loss="mse")
+    model.build(clips.shape)
+    concatenations = [n for n in _tick_graph_nodes(model, clips, targets) if n.op == "ConcatV2"]
+    assert concatenations, "no concatenation found in the tick loop"
+    for node in concatenations:
+        assert node.device, node.name

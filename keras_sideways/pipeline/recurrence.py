@@ -136,9 +136,10 @@ def chunk_forward(stages: Sequence[Any], windows: Sequence[int], device: Device,
             inputs = first_inputs
         else:
             first = schedule.first_valid_input_tick(k) - state.tick
-            inputs, history = stage_inputs(
-                window, None if fill else state.activations[k - 1],
-                state.histories.get(str(k)), below, plan.size - plan.begin, first)
+            with device(k):  # the chunk below crosses to stage k's device once
+                inputs, history = stage_inputs(
+                    window, None if fill else state.activations[k - 1],
+                    state.histories.get(str(k)), below, plan.size - plan.begin, first)
             if window > 1:
                 histories[str(k)] = history
         top = top_loss if k == len(stages) - 1 else None
@@ -171,7 +172,8 @@ def chunk_pullback(forwards: Sequence[StageForward], stage_variables: Sequence[S
         if k < num_stages - 1:
             # In a filling chunk stage k+1's cotangents start one tick before stage k's taped
             # ticks: nothing is carried in.
-            cotangent = below[:-1] if fill else carried_then(state.cotangents[k], below)
+            with device(k):
+                cotangent = below[:-1] if fill else carried_then(state.cotangents[k], below)
         gradients[k], below = stage_pullback(
             forwards[k], stage_variables[k], cotangent, device(k),
             input_cotangent=k > 0, window=windows[k])

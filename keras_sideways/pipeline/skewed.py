@@ -66,8 +66,7 @@ def run_skewed_step(stages: Sequence[Any], windows: Sequence[int], device: Devic
                     stage_variables: list[list[Any]], state0: PipelineState, frames: Frames,
                     plan: LoopPlan, hooks: StepHooks, *, stateful: bool,
                     update_every: int | None) -> tuple[PipelineState, Any]:
-    """Run the clip in the skewed order, N + 2K-2 iterations for N chunks (unrolled, or a
-    `tf.while_loop`).
+    """Run the clip in the skewed order: N + 2K-2 iterations for N chunks, unrolled or looped.
 
     Same arguments and results as `loop.run_step`; ``update_every`` must be None (the policy
     falls back to the chunked loop otherwise: in-loop updates would change the weights between
@@ -118,8 +117,7 @@ class _SkewedStep:
         window0 = windows[0]
         self.elements0, self.offset0 = frames.clips, -(window0 - 1)
         if window0 > 1 and stateful:
-            self.elements0 = tf.concat([state0.histories["0"], frames.clips], axis=1)
-            self.offset0 = 0
+            self.elements0, self.offset0 = tf.concat([state0.histories["0"], frames.clips], 1), 0
         self.first0 = schedule.first_valid_input_tick(0) - state0.tick + self.offset0
         self.carried_targets = tf.stack(state0.targets[::-1]) if state0.targets else None
         self.carried_weights = tf.stack(state0.weights[::-1]) if state0.weights else None
@@ -154,9 +152,10 @@ class _SkewedStep:
         if k == 0:
             return self.stage0_inputs(c), None, None
         first = schedule.first_valid_input_tick(k) - (self.start + c * self.chunk)
-        inputs, history = stage_inputs(
-            self.windows[k], skew.state.activations[k - 1], skew.state.histories.get(str(k)),
-            skew.up[k - 1], self.chunk, first)
+        with self.device(k):  # the chunk below crosses to stage k's device once
+            inputs, history = stage_inputs(
+                self.windows[k], skew.state.activations[k - 1], skew.state.histories.get(str(k)),
+                skew.up[k - 1], self.chunk, first)
         return inputs, last_tick(skew.up[k - 1], self.device(k - 1)), history
 
     def of_frames(self, values: Any, per_clip: bool, carried: Any,
@@ -248,7 +247,8 @@ class _SkewedStep:
         sums = skew_sums = new["accumulators"][k]
 
         def pullback() -> tuple:
-            cotangent = carried_then(skew.state.cotangents[k], skew.down[k])
+            with self.device(k):
+                cotangent = carried_then(skew.state.cotangents[k], skew.down[k])
             if self.unrolled:
                 forward = self.forwards.pop((k, d))
             else:
