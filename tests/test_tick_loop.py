@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.framework.function_def_to_graph import function_def_to_graph
 
 from keras_sideways import SidewaysModel
 from keras_sideways.pipeline import losses
@@ -217,3 +218,48 @@ def test_the_loop_state_carries_ticks_not_views_of_chunks(schedule):
     producers = body_output_producers(model, 16)
     assert producers.count("GatherV2") >= 6, producers  # 3 activations, 3 cotangents
     assert "StridedSlice" not in producers, producers
+
+
+def ancestors(op: Any) -> set:
+    """Every op ``op`` waits for, through data and control edges."""
+    seen: set = set()
+    pending = [op]
+    while pending:
+        node = pending.pop()
+        for parent in [t.op for t in node.inputs] + list(node.control_inputs):
+            if parent not in seen:
+                seen.add(parent)
+                pending.append(parent)
+    return seen
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_one_iteration_in_flight_starts_each_chunk_after_the_previous_pullback(in_flight):
+    # The loop orders its own iterations, not the chunks traced outside it: with one iteration
+    # in flight the loop's first forward ran during the filling chunk's pullback, two chunks'
+    # tapes at once (isotropic CNN, C=8: 34-36 MiB a step against 21-24 with the order kept,
+    # docs/scaling.md). Each chunk's forward now waits for the previous chunk's gradient sums;
+    # with two in flight it must not, or the overlap that pays for them is gone.
+    model = compiled(SidewaysModel(dense_stages(3, 4), tick_chunk=4))
+    model.tick_loop = TickLoop(parallel_iterations=in_flight)
+    plan = model.tick_plan(10)
+    assert plan.fill_first and plan.remainder == 2
+    graph = traced_step(model, 10)  # a filling chunk, one looped, a last one of 2 ticks
+    loop = next(op for op in graph.get_operations() if op.type in ("While", "StatelessWhile"))
+    library = {f.signature.name: f for f in graph.as_graph_def().library.function}
+    body = function_def_to_graph(library[loop.get_attr("body").name])
+    # The loop's first iteration gets the filling chunk's sums as arguments.
+    sums = {t.op for t in body.inputs if t.shape == model.stages[0].kernel.shape}
+    assert sums
+
+    def forwards(ops: list) -> list:
+        return [op for op in ops if op.type == "MatMul" and "gradient_tape" not in op.name]
+
+    looped = forwards(body.get_operations())
+    last = [op for op in forwards(graph.get_operations()) if loop in ancestors(op)]
+    assert len(looped) == 3 and len(last) == 3, (looped, last)
+    for op in looped:
+        assert bool(sums & ancestors(op)) == (in_flight == 1), op.name
+    for op in last:  # the loop's outputs reach the last chunk as data either way: its sums
+        waits = any(loop in parent.control_inputs for parent in ancestors(op))
+        assert waits == (in_flight == 1), op.name

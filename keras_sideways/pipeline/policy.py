@@ -69,7 +69,9 @@ class TickLoop:
             (`update_every`, stages holding state, a stateful step of unknown length) the
             chunked loop runs instead, with a warning when skewed was asked for or placed.
         parallel_iterations: loop iterations in flight (default 2, 1 where the loop changes
-            state a later iteration reads).
+            state a later iteration reads). With 1, each chunk's forward, the filling first
+            and the shorter last included, waits for the chunk before it: one chunk's tapes at
+            a time (the chunked schedule).
         fill_first_chunk: whether a stateless step's first chunk skips the empty pipeline's
             filling ticks (default: where that changes nothing else). ``True`` is still refused
             where it would be wrong (stateful, unknown T, stages holding state).
