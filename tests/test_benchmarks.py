@@ -1,5 +1,7 @@
-"""`benchmarks/depth_gpu.py` has no GPU to run on here: its `--device-type CPU` check runs the same
-code on logical CPU devices, so that the first GPU measurement is one command that works."""
+"""Benchmarks run as their commands do. `benchmarks/depth_gpu.py` has no GPU to run on here: its
+`--device-type CPU` check runs the same code on logical CPU devices, so that the first GPU
+measurement is one command that works. `benchmarks/tick_loop.py` (the C x in-flight grid of
+docs/scaling.md) runs its quick form."""
 
 from __future__ import annotations
 
@@ -14,8 +16,12 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "depth_gpu.py"
 CONFIGS = {"sideways_depth", "sideways_one_gpu", "backprop", "mirrored_backprop"}
 
 
-def run_script(*arguments: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *arguments], capture_output=True,
+TICK_LOOP = SCRIPT.parent / "tick_loop.py"
+
+
+def run_script(*arguments: str, timeout: float = 600,
+               script: Path = SCRIPT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(script), *arguments], capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -45,3 +51,30 @@ def test_depth_gpu_runs_end_to_end_on_logical_cpu_devices(tmp_path):
                                                for c in CONFIGS - {"sideways_depth"}}
     # The per-model files of the child processes are merged and removed.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["depth_gpu.json"]
+
+
+def test_a_tick_loop_config_that_is_not_chunk_and_in_flight_is_refused_by_name():
+    result = run_script("--configs", "8:1,8", timeout=120, script=TICK_LOOP)
+    assert result.returncode != 0
+    assert "--configs: '8' is not C:P" in result.stderr
+
+
+@pytest.mark.slow
+def test_tick_loop_grid_runs_and_writes_its_figures(tmp_path):
+    output = tmp_path / "tick_loop.json"
+    result = run_script("--quick", "--output", str(output), script=TICK_LOOP)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert report["configs"] == ["d:d", "d:1"]
+    assert set(report["speed"]["over_backprop"]) == {"d:d", "d:1"}
+    assert all(rate > 0 for rate in report["speed"]["frames_per_second"].values())
+    # The plans are the ones asked for: the default keeps two in flight, d:1 one.
+    assert "parallel_iterations=2" in report["speed"]["plans"]["d:d"]
+    assert "parallel_iterations=1" in report["speed"]["plans"]["d:1"]
+    for config in ("backprop", "d:d", "d:1"):
+        assert set(report["memory"][config]["mib"]) == {"T16", "T32"}
+        assert all(mib > 0 for mib in report["memory"][config]["mib"].values())
+    # Backprop holds every frame's activations: its step memory grows with T, Sideways' one in
+    # flight does not.
+    assert report["memory"]["backprop"]["longest_over_shortest"] > 1.5
+    assert report["memory"]["d:1"]["longest_over_shortest"] < 1.5

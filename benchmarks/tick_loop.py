@@ -1,0 +1,169 @@
+"""The chunked tick loop's two knobs on one device: chunk size C and iterations in flight.
+
+    python benchmarks/tick_loop.py                       # small stages, the docs' grid (~8 min)
+    python benchmarks/tick_loop.py --model isotropic --configs 8:2,8:1
+    python benchmarks/tick_loop.py --quick               # a short check that it runs
+
+A configuration ``C:P`` is ``tick_chunk=C`` and ``TickLoop(parallel_iterations=P)``; ``d`` for
+either leaves the model's default. For each, in one process:
+
+- speed: Sideways frames/s over backprop's, the median of per-round ratios (every round times
+  every configuration and backprop in turn, so a shared machine's drift hits them alike);
+- memory: the peak of one training step beyond what was allocated before it (the input, the
+  optimizer state), MiB at T=16 / 64 / 128, the median of a few fresh models, and T=128/T=16.
+
+Both knobs trade memory for speed, never what a step computes (docs/scaling.md has the grid for
+small stages, where the trade is sharpest). Results: ``benchmarks/results/tick_loop.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from keras_sideways import models  # noqa: E402
+from keras_sideways.pipeline.policy import TickLoop  # noqa: E402
+
+CLASSES = 4
+# The models and shapes of benchmarks/depth.py.
+MODELS = {
+    "isotropic": (lambda: models.isotropic_cnn_classifier(CLASSES, num_stages=2, width=32), 64, 32),
+    "temporal": (lambda: models.temporal_cnn_classifier(CLASSES), 64, 32),
+    "small": (lambda: models.frame_cnn_classifier(CLASSES, filters=(16, 16, 32, 32)), 32, 64),
+}
+MEMORY_FRAMES = (16, 64, 128)
+
+
+def parse_config(text: str) -> tuple[int | None, int | None]:
+    """``"C:P"`` -> (tick_chunk, parallel_iterations); ``d``: the default."""
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p == "d" or (p.isdigit() and int(p) > 0) for p in parts):
+        raise SystemExit(f"--configs: {text!r} is not C:P (positive integers or 'd', e.g. 8:1)")
+    chunk, in_flight = (None if p == "d" else int(p) for p in parts)
+    return chunk, in_flight
+
+
+def make_model(name: str, config: str) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    net = MODELS[name][0]()
+    if config == "backprop":
+        model = net.build_model(mode="backprop")
+    else:
+        chunk, in_flight = parse_config(config)
+        model = net.build_model(mode="sideways",
+                                **({} if chunk is None else {"tick_chunk": chunk}))
+        model.tick_loop = TickLoop(parallel_iterations=in_flight)
+    model.compile(optimizer="adam",
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def clip_batch(name: str, num_frames: int, batch: int) -> tuple[tf.Tensor, tf.Tensor]:
+    image = MODELS[name][1]
+    rng = np.random.default_rng(0)
+    clips = rng.uniform(size=(batch, num_frames, image, image, 3)).astype("float32")
+    return tf.constant(clips), tf.constant(rng.integers(0, CLASSES, size=batch))
+
+
+def speed(name: str, configs: list[str], batch: int, rounds: int, steps: int) -> dict[str, Any]:
+    num_frames = MODELS[name][2]
+    data = clip_batch(name, num_frames, batch)
+    built = {c: make_model(name, c) for c in ["backprop", *configs]}
+    for model in built.values():
+        model.train_on_batch(*data)  # trace
+        model.train_on_batch(*data)
+    rates: dict[str, list[float]] = {c: [] for c in built}
+    for _ in range(rounds):
+        for config, model in built.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                model.train_on_batch(*data)
+            rates[config].append(steps * batch * num_frames / (time.perf_counter() - start))
+    def over_backprop(config: str) -> float:
+        pairs = zip(rates[config], rates["backprop"], strict=True)
+        return statistics.median(a / b for a, b in pairs)
+
+    return {
+        "frames": num_frames,
+        "frames_per_second": {c: statistics.median(r) for c, r in rates.items()},
+        "over_backprop": {c: over_backprop(c) for c in configs},
+        "plans": {c: repr(built[c].tick_plan(num_frames)) for c in configs},
+    }
+
+
+def peak_step_mib(model: keras.Model, data: tuple) -> float:
+    model.train_on_batch(*data)  # trace and allocate the optimizer state first
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    model.train_on_batch(*data)
+    return (tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / 2**20
+
+
+def memory(name: str, configs: list[str], batch: int, repeats: int,
+           frames: tuple[int, ...]) -> dict[str, Any]:
+    result = {}
+    for config in ["backprop", *configs]:
+        peaks = {}
+        for num_frames in frames:
+            data = clip_batch(name, num_frames, batch)
+            peaks[num_frames] = statistics.median(
+                peak_step_mib(make_model(name, config), data) for _ in range(repeats))
+        result[config] = {"mib": {f"T{t}": v for t, v in peaks.items()},
+                          "longest_over_shortest": peaks[frames[-1]] / peaks[frames[0]]}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="small", choices=sorted(MODELS))
+    parser.add_argument("--configs", default="4:d,8:1,d:d,16:1,16:2,32:1,32:2")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="two configs, short clips, 1 round")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" /
+                                                "tick_loop.json"))
+    args = parser.parse_args()
+    configs = args.configs.split(",")
+    for config in configs:
+        parse_config(config)
+    frames = MEMORY_FRAMES
+    if args.quick:
+        configs, frames, args.rounds, args.steps, args.repeats = ["d:d", "d:1"], (16, 32), 1, 1, 1
+    report: dict[str, Any] = {"model": args.model, "batch": args.batch, "configs": configs,
+                              "threads": "TensorFlow's default pools", "rounds": args.rounds}
+    report["speed"] = speed(args.model, configs, args.batch, args.rounds, args.steps)
+    report["memory"] = memory(args.model, configs, args.batch, args.repeats, frames)
+    print(f"{args.model}, B={args.batch}, speed at T={report['speed']['frames']}; "
+          f"memory MiB at T={' / '.join(map(str, frames))}")
+    for config in ["backprop", *configs]:
+        ratio = report["speed"]["over_backprop"].get(config, 1.0)
+        entry = report["memory"][config]
+        mib = " / ".join(f"{v:.1f}" for v in entry["mib"].values())
+        print(f"  {config:>9}  {ratio:5.2f}x backprop  {mib:>22}  "
+              f"ratio {entry['longest_over_shortest']:.2f}")
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2))
+    print(f"Wrote {output}")
+
+
+if __name__ == "__main__":
+    main()
