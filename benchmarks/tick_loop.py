@@ -35,17 +35,14 @@ import tensorflow as tf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from keras_sideways import models  # noqa: E402
+# The models and shapes of the depth benchmark, and the step memory of the performance one.
+from depth import CLASSES, MODELS, build_network  # noqa: E402
+from performance import peak_step_bytes  # noqa: E402
+
 from keras_sideways.pipeline.policy import TickLoop  # noqa: E402
 
-CLASSES = 4
-# The models and shapes of benchmarks/depth.py.
-MODELS = {
-    "isotropic": (lambda: models.isotropic_cnn_classifier(CLASSES, num_stages=2, width=32), 64, 32),
-    "temporal": (lambda: models.temporal_cnn_classifier(CLASSES), 64, 32),
-    "small": (lambda: models.frame_cnn_classifier(CLASSES, filters=(16, 16, 32, 32)), 32, 64),
-}
 MEMORY_FRAMES = (16, 64, 128)
 
 
@@ -60,7 +57,7 @@ def parse_config(text: str) -> tuple[int | None, int | None]:
 
 def make_model(name: str, config: str) -> keras.Model:
     keras.utils.set_random_seed(0)
-    net = MODELS[name][0]()
+    net = build_network(name)
     if config == "backprop":
         model = net.build_model(mode="backprop")
     else:
@@ -74,14 +71,14 @@ def make_model(name: str, config: str) -> keras.Model:
 
 
 def clip_batch(name: str, num_frames: int, batch: int) -> tuple[tf.Tensor, tf.Tensor]:
-    image = MODELS[name][1]
+    image = MODELS[name]["image"]
     rng = np.random.default_rng(0)
     clips = rng.uniform(size=(batch, num_frames, image, image, 3)).astype("float32")
     return tf.constant(clips), tf.constant(rng.integers(0, CLASSES, size=batch))
 
 
 def speed(name: str, configs: list[str], batch: int, rounds: int, steps: int) -> dict[str, Any]:
-    num_frames = MODELS[name][2]
+    num_frames = MODELS[name]["frames"]
     data = clip_batch(name, num_frames, batch)
     built = {c: make_model(name, c) for c in ["backprop", *configs]}
     for model in built.values():
@@ -106,14 +103,6 @@ def speed(name: str, configs: list[str], batch: int, rounds: int, steps: int) ->
     }
 
 
-def peak_step_mib(model: keras.Model, data: tuple) -> float:
-    model.train_on_batch(*data)  # trace and allocate the optimizer state first
-    tf.config.experimental.reset_memory_stats("CPU:0")
-    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
-    model.train_on_batch(*data)
-    return (tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / 2**20
-
-
 def memory(name: str, configs: list[str], batch: int, repeats: int,
            frames: tuple[int, ...]) -> dict[str, Any]:
     result = {}
@@ -122,7 +111,7 @@ def memory(name: str, configs: list[str], batch: int, repeats: int,
         for num_frames in frames:
             data = clip_batch(name, num_frames, batch)
             peaks[num_frames] = statistics.median(
-                peak_step_mib(make_model(name, config), data) for _ in range(repeats))
+                peak_step_bytes(make_model(name, config), data) for _ in range(repeats)) / 2**20
         result[config] = {"mib": {f"T{t}": v for t, v in peaks.items()},
                           "longest_over_shortest": peaks[frames[-1]] / peaks[frames[0]]}
     return result
