@@ -11,13 +11,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.python.framework.function_def_to_graph import function_def_to_graph
 
 from keras_sideways import SidewaysModel
 from keras_sideways.pipeline import losses
 from keras_sideways.pipeline.policy import TickLoop
 from keras_sideways.pipeline.tensors import last_tick
 from tests.test_exactness import build_model, dense_stages, make_batch, max_relative_difference
+from tests.test_tick_independence import ancestors
 
 LOSSES = {
     "sparse_crossentropy_logits": (
@@ -220,19 +220,6 @@ def test_the_loop_state_carries_ticks_not_views_of_chunks(schedule):
     assert "StridedSlice" not in producers, producers
 
 
-def ancestors(op: Any) -> set:
-    """Every op ``op`` waits for, through data and control edges."""
-    seen: set = set()
-    pending = [op]
-    while pending:
-        node = pending.pop()
-        for parent in [t.op for t in node.inputs] + list(node.control_inputs):
-            if parent not in seen:
-                seen.add(parent)
-                pending.append(parent)
-    return seen
-
-
 @pytest.mark.parametrize("in_flight", [1, 2])
 def test_one_iteration_in_flight_starts_each_chunk_after_the_previous_pullback(in_flight):
     # The loop orders its own iterations, not the chunks traced outside it: with one iteration
@@ -246,20 +233,24 @@ def test_one_iteration_in_flight_starts_each_chunk_after_the_previous_pullback(i
     assert plan.fill_first and plan.remainder == 2
     graph = traced_step(model, 10)  # a filling chunk, one looped, a last one of 2 ticks
     loop = next(op for op in graph.get_operations() if op.type in ("While", "StatelessWhile"))
-    library = {f.signature.name: f for f in graph.as_graph_def().library.function}
-    body = function_def_to_graph(library[loop.get_attr("body").name])
+    graph_def = graph.as_graph_def()
+    body = next(f for f in graph_def.library.function
+                if f.signature.name == loop.get_attr("body").name)
     # The loop's first iteration gets the filling chunk's sums as arguments.
-    sums = {t.op for t in body.inputs if t.shape == model.stages[0].kernel.shape}
+    sums = {body.signature.input_arg[i].name for i, value in enumerate(loop.inputs)
+            if value.shape == model.stages[0].kernel.shape}
     assert sums
 
-    def forwards(ops: list) -> list:
-        return [op for op in ops if op.type == "MatMul" and "gradient_tape" not in op.name]
+    def forwards(nodes: Any) -> list[str]:
+        return [n.name for n in nodes if n.op == "MatMul" and "gradient_tape" not in n.name]
 
-    looped = forwards(body.get_operations())
-    last = [op for op in forwards(graph.get_operations()) if loop in ancestors(op)]
+    looped = forwards(body.node_def)
+    last = [name for name in forwards(graph_def.node)
+            if loop.name in ancestors(graph_def.node, [name])]
     assert len(looped) == 3 and len(last) == 3, (looped, last)
-    for op in looped:
-        assert bool(sums & ancestors(op)) == (in_flight == 1), op.name
-    for op in last:  # the loop's outputs reach the last chunk as data either way: its sums
-        waits = any(loop in parent.control_inputs for parent in ancestors(op))
-        assert waits == (in_flight == 1), op.name
+    for name in looped:
+        assert bool(sums & ancestors(body.node_def, [name])) == (in_flight == 1), name
+    waiting = {n.name for n in graph_def.node if "^" + loop.name in n.input}
+    for name in last:  # the loop's outputs reach the last chunk as data either way: its sums
+        waits = bool(waiting & ancestors(graph_def.node, [name]))
+        assert waits == (in_flight == 1), name
