@@ -10,7 +10,8 @@ either leaves the model's default. For each, in one process:
 - speed: Sideways frames/s over backprop's, the median of per-round ratios (every round times
   every configuration and backprop in turn, so a shared machine's drift hits them alike);
 - memory: the peak of one training step beyond what was allocated before it (the input, the
-  optimizer state), MiB at T=16 / 64 / 128, the median of a few fresh models, and T=128/T=16.
+  optimizer state), MiB at T=16 / 64 / 128 (``--memory-frames``), the median of a few fresh
+  models, and the longest clip's over the shortest's.
 
 Both knobs trade memory for speed, never what a step computes (docs/scaling.md has the grid for
 small stages, where the trade is sharpest). Results: ``benchmarks/results/tick_loop.json``.
@@ -53,6 +54,18 @@ def parse_config(text: str) -> tuple[int | None, int | None]:
         raise SystemExit(f"--configs: {text!r} is not C:P (positive integers or 'd', e.g. 8:1)")
     chunk, in_flight = (None if p == "d" else int(p) for p in parts)
     return chunk, in_flight
+
+
+def parse_frames(text: str) -> tuple[int, ...]:
+    """``"16,64,128"`` -> clip lengths for the memory figures, at least two, increasing."""
+    parts = text.split(",")
+    if not all(p.isdigit() and int(p) > 0 for p in parts) or len(parts) < 2:
+        raise SystemExit(f"--memory-frames: {text!r} is not two or more positive clip lengths "
+                         "(e.g. 16,64,128)")
+    frames = tuple(int(p) for p in parts)
+    if list(frames) != sorted(set(frames)):
+        raise SystemExit(f"--memory-frames: {text!r} must increase (e.g. 16,64,128)")
+    return frames
 
 
 def make_model(name: str, config: str) -> keras.Model:
@@ -126,6 +139,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-frames", default=",".join(map(str, MEMORY_FRAMES)),
+                        help="clip lengths of the memory figures (default 16,64,128)")
     parser.add_argument("--quick", action="store_true", help="two configs, short clips, 1 round")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" /
                                                 "tick_loop.json"))
@@ -133,7 +148,7 @@ def main() -> None:
     configs = args.configs.split(",")
     for config in configs:
         parse_config(config)
-    frames = MEMORY_FRAMES
+    frames = parse_frames(args.memory_frames)
     if args.quick:
         configs, frames, args.rounds, args.steps, args.repeats = ["d:d", "d:1"], (16, 32), 1, 1, 1
     report: dict[str, Any] = {"model": args.model, "batch": args.batch, "configs": configs,

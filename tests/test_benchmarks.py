@@ -53,10 +53,15 @@ def test_depth_gpu_runs_end_to_end_on_logical_cpu_devices(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["depth_gpu.json"]
 
 
-def test_a_tick_loop_config_that_is_not_chunk_and_in_flight_is_refused_by_name():
-    result = run_script("--configs", "8:1,8", timeout=120, script=TICK_LOOP)
+@pytest.mark.parametrize("argument, value, message", [
+    ("--configs", "8:1,8", "--configs: '8' is not C:P"),
+    ("--memory-frames", "64,16", "--memory-frames: '64,16' must increase"),
+    ("--memory-frames", "64", "--memory-frames: '64' is not two or more"),
+])
+def test_a_tick_loop_argument_it_cannot_run_is_refused_by_name(argument, value, message):
+    result = run_script(argument, value, timeout=120, script=TICK_LOOP)
     assert result.returncode != 0
-    assert "--configs: '8' is not C:P" in result.stderr
+    assert message in result.stderr
 
 
 @pytest.mark.slow
