@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-frames", default=",".join(map(str, MEMORY_FRAMES)),
-                        help="clip lengths of the memory figures (default 16,64,128)")
+                        help="clip lengths of the memory figures (default %(default)s)")
     parser.add_argument("--quick", action="store_true", help="two configs, short clips, 1 round")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" /
                                                 "tick_loop.json"))
