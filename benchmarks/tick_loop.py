@@ -30,21 +30,17 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-# The models and shapes of the depth benchmark, and the step memory of the performance one.
+# The models and shapes of the depth benchmark (a module that loads TensorFlow only to run).
 from depth import CLASSES, MODELS, build_network  # noqa: E402
-from performance import peak_step_bytes  # noqa: E402
-
-from keras_sideways.pipeline.policy import TickLoop  # noqa: E402
 
 MEMORY_FRAMES = (16, 64, 128)
+DEFAULTS = {"configs": "4:d,8:1,d:d,16:1,16:2,32:1,32:2", "rounds": 6, "steps": 3, "repeats": 3,
+            "memory_frames": ",".join(map(str, MEMORY_FRAMES))}
+QUICK = {"configs": "d:d,d:1", "rounds": 1, "steps": 1, "repeats": 1, "memory_frames": "16,32"}
 
 
 def parse_config(text: str) -> tuple[int | None, int | None]:
@@ -66,6 +62,49 @@ def parse_frames(text: str) -> tuple[int, ...]:
     if list(frames) != sorted(set(frames)):
         raise SystemExit(f"--memory-frames: {text!r} must increase (e.g. 16,64,128)")
     return frames
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked; ``--quick`` fills only the arguments not given."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="small", choices=sorted(MODELS))
+    parser.add_argument("--configs", help=f"default {DEFAULTS['configs']}")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, help=f"default {DEFAULTS['rounds']}")
+    parser.add_argument("--steps", type=int, help=f"default {DEFAULTS['steps']}")
+    parser.add_argument("--repeats", type=int, help=f"default {DEFAULTS['repeats']}")
+    parser.add_argument("--memory-frames",
+                        help=f"clip lengths of the memory figures (default "
+                             f"{DEFAULTS['memory_frames']})")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short check: " + ", ".join(f"{k}={v}" for k, v in QUICK.items())
+                             + " where not given")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" /
+                                                "tick_loop.json"))
+    args = parser.parse_args(argv)
+    for name, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.configs = args.configs.split(",")
+    for config in args.configs:
+        parse_config(config)
+    args.memory_frames = parse_frames(args.memory_frames)
+    return args
+
+
+if __name__ == "__main__":
+    # Checked before TensorFlow loads, so that a refused argument answers at once.
+    ARGUMENTS = parse_arguments()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# The step memory of the performance benchmark.
+from performance import peak_step_bytes  # noqa: E402
+
+from keras_sideways.pipeline.policy import TickLoop  # noqa: E402
 
 
 def make_model(name: str, config: str) -> keras.Model:
@@ -130,27 +169,8 @@ def memory(name: str, configs: list[str], batch: int, repeats: int,
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="small", choices=sorted(MODELS))
-    parser.add_argument("--configs", default="4:d,8:1,d:d,16:1,16:2,32:1,32:2")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--memory-frames", default=",".join(map(str, MEMORY_FRAMES)),
-                        help="clip lengths of the memory figures (default %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="two configs, short clips, 1 round")
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" /
-                                                "tick_loop.json"))
-    args = parser.parse_args()
-    configs = args.configs.split(",")
-    for config in configs:
-        parse_config(config)
-    frames = parse_frames(args.memory_frames)
-    if args.quick:
-        configs, frames, args.rounds, args.steps, args.repeats = ["d:d", "d:1"], (16, 32), 1, 1, 1
+def main(args: argparse.Namespace) -> None:
+    configs, frames = args.configs, args.memory_frames
     report: dict[str, Any] = {"model": args.model, "batch": args.batch, "configs": configs,
                               "threads": "TensorFlow's default pools", "rounds": args.rounds}
     report["speed"] = speed(args.model, configs, args.batch, args.rounds, args.steps)
@@ -170,4 +190,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGUMENTS)
