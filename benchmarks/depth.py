@@ -417,8 +417,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="train steps per round")
     parser.add_argument("--frames", type=int, default=None, help="clip length T")
     parser.add_argument("--tick-chunk", type=int, default=None,
-                        help="Sideways ticks per call C (default: the model's modeled "
-                             "default, recorded per model in the JSON)")
+                        help="Sideways ticks per call C (default: the model's own, 4 for the "
+                             "skewed schedule and modeled for the chunked one; the JSON "
+                             "records it per configuration)")
     parser.add_argument("--quick", action="store_true", help="isotropic only, short rounds")
     parser.add_argument("--no-servers", action="store_true",
                         help="skip the multi-process tf.distribute.Server configuration")
